@@ -1,0 +1,35 @@
+# COO — the two commands of the README are `make up` and `make test`; both set themselves up.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+COO := $(VENV)/bin/coo
+PYTEST_ARGS ?=
+
+.PHONY: help setup up down status test proto lint-proto tools clean
+
+help: ## this list
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+
+setup: ## venv, Python dependencies, Debian packages (idempotent; seconds when warm)
+	@bash scripts/bootstrap.sh
+
+up: setup ## start the local stack and run a demo mission
+	@$(COO) up --demo
+
+down: ## stop the local stack
+	@$(COO) down
+
+status: ## every component with its health and URL
+	@$(COO) status
+
+test: setup ## the whole test suite against real servers
+	@$(PY) -m pytest $(PYTEST_ARGS)
+
+proto: setup ## regenerate services/coo/v1 from proto/
+	@bash scripts/gen_proto.sh
+
+lint-proto: ## buf lint (buf is installed with go install, cached outside the repo)
+	@bash scripts/buf_lint.sh
+
+clean: ## remove local state (var/) — not the tool cache
+	rm -rf var .pytest_cache

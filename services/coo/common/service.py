@@ -1,0 +1,166 @@
+"""What every bus service shares: telemetry, the NATS connection, an HTTP port with
+``/healthz``, ``/readyz`` and ``/metrics``, and a graceful shutdown.
+
+A service is an ``async def start(ctx)`` that registers its consumers/endpoints on ``ctx.bus``
+and returns; ``run_service`` then waits for SIGTERM/SIGINT, says why it stops, stops taking
+work, lets in-flight handlers finish (or hands them back: JetStream redelivers anything not
+acked), and flushes its telemetry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_TYPE
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+from starlette.requests import Request
+
+from coo.common.bus import Bus
+from coo.common.config import CommonSettings
+from coo.common.telemetry import Telemetry, get_logger, setup_telemetry
+
+log = get_logger("coo.service")
+
+ReadinessCheck = Callable[[], Awaitable[tuple[bool, str]]]
+
+
+@dataclass
+class ServiceContext:
+    name: str
+    settings: CommonSettings
+    bus: Bus
+    app: FastAPI
+    telemetry: Telemetry
+    stop: asyncio.Event
+    checks: dict[str, ReadinessCheck] = field(default_factory=dict)
+    on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+
+def metrics_response(request: Request) -> Response:
+    """Prometheus text, or OpenMetrics (which carries exemplars) when the scraper asks for it."""
+    accept = request.headers.get("accept", "")
+    if "application/openmetrics-text" in accept:
+        return Response(generate_openmetrics(), media_type=OPENMETRICS_TYPE)
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+def add_ops_routes(app: FastAPI, checks: dict[str, ReadinessCheck], service: str) -> None:
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok", "service": service}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz(response: Response) -> dict[str, Any]:
+        results = {}
+        ok = True
+        for name, check in checks.items():
+            try:
+                passed, detail = await check()
+            except Exception as exc:  # noqa: BLE001
+                passed, detail = False, f"{type(exc).__name__}: {exc}"
+            results[name] = {"ok": passed, "detail": detail}
+            ok = ok and passed
+        response.status_code = 200 if ok else 503
+        return {"status": "ready" if ok else "not ready", "service": service, "checks": results}
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics(request: Request) -> Response:
+        return metrics_response(request)
+
+
+def instrument_app(app: FastAPI) -> None:
+    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+    FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz,metrics")
+
+
+async def connect_bus(name: str, settings: CommonSettings, stop: asyncio.Event) -> Bus | None:
+    """Connect, retrying while NATS is not up yet (the stack may start in any order)."""
+    delay = 0.2
+    warned = False
+    while not stop.is_set():
+        try:
+            bus = await Bus.connect(name, settings)
+            await bus.ensure_topology()
+            return bus
+        except Exception as exc:  # noqa: BLE001
+            if not warned:
+                log.warning("NATS not reachable yet; retrying", nats_url=settings.nats_url,
+                            error=str(exc) or type(exc).__name__)
+                warned = True
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+            except asyncio.TimeoutError:
+                pass
+            delay = min(delay * 2, 5.0)
+    return None
+
+
+async def serve_service(name: str, port: int, settings: CommonSettings,
+                        start: Callable[[ServiceContext], Awaitable[None]], *,
+                        app: FastAPI | None = None, host: str = "127.0.0.1",
+                        stop: asyncio.Event | None = None, install_signals: bool = True) -> None:
+    telemetry = setup_telemetry(name)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    if install_signals:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, _on_signal, name, sig, stop)
+    app = app or FastAPI(title=f"coo {name}", docs_url=None, redoc_url=None)
+    checks: dict[str, ReadinessCheck] = {}
+    add_ops_routes(app, checks, name)
+    instrument_app(app)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
+                                           lifespan="off"))
+    server_task = asyncio.create_task(server.serve(), name=f"http:{name}")
+    bus = await connect_bus(name, settings, stop)
+    ctx = None
+    try:
+        if bus is not None:
+            async def nats_check() -> tuple[bool, str]:
+                return bus.nc.is_connected, "connected" if bus.nc.is_connected else "disconnected"
+
+            checks["nats"] = nats_check
+            ctx = ServiceContext(name, settings, bus, app, telemetry, stop, checks)
+            await start(ctx)
+            log.info("service started", port=port, nats_url=settings.nats_url)
+            await stop.wait()
+    finally:
+        log.info("service stopping: no new work; finishing in-flight messages", service=name)
+        if ctx is not None:
+            for hook in ctx.on_stop:
+                try:
+                    await hook()
+                except Exception as exc:  # noqa: BLE001
+                    log.warning("stop hook failed", error=str(exc))
+        if bus is not None:
+            await bus.close()
+        server.should_exit = True
+        try:
+            await asyncio.wait_for(server_task, timeout=5)
+        except (asyncio.TimeoutError, asyncio.CancelledError):
+            server_task.cancel()
+        log.info("service stopped", service=name)
+        telemetry.shutdown()
+
+
+def _on_signal(name: str, sig: signal.Signals, stop: asyncio.Event) -> None:
+    log.info("stop requested", service=name, signal=sig.name)
+    stop.set()
+
+
+def run(name: str, port: int, settings: CommonSettings, start: Callable[[ServiceContext], Awaitable[None]],
+        **kwargs: Any) -> None:
+    """Entry point of ``python -m coo.<service>``."""
+    try:
+        asyncio.run(serve_service(name, port, settings, start, **kwargs))
+    except Exception:
+        log.critical("service crashed", service=name, exc_info=True)
+        raise

