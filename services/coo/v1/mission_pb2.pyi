@@ -212,6 +212,11 @@ class Mission(_message.Message):
     APPROVED_BY_FIELD_NUMBER: _builtins.int
     APPROVED_AT_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
+    AWAITING_FIELD_NUMBER: _builtins.int
+    AWAITING_KIND_FIELD_NUMBER: _builtins.int
+    PARKED_RESULT_FIELD_NUMBER: _builtins.int
+    PARKED_TYPE_FIELD_NUMBER: _builtins.int
+    TRACE_ID_FIELD_NUMBER: _builtins.int
     mission_id: _builtins.str
     goal: _builtins.str
     """The user's goal, verbatim."""
@@ -241,6 +246,18 @@ class Mission(_message.Message):
     """Who approved the plan, and when."""
     model: _builtins.str
     """Model override for every agent call of this mission (empty: agent default)."""
+    awaiting: _builtins.str
+    """The one work item the mission waits for (a task or sandbox run id): results for any
+    other id are stale duplicates and are ignored. Empty when nothing is outstanding.
+    """
+    awaiting_kind: _builtins.str
+    """What awaiting is: "plan", "engineer", "sandbox" or "qa"."""
+    parked_result: _builtins.bytes
+    """A result that arrived while the mission was paused, processed on resume."""
+    parked_type: _builtins.str
+    """Protobuf full name of parked_result."""
+    trace_id: _builtins.str
+    """Trace id of the mission (hex), for the CLI and the API."""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -309,10 +326,15 @@ class Mission(_message.Message):
         approved_by: _builtins.str = ...,
         approved_at: _timestamp_pb2.Timestamp | None = ...,
         model: _builtins.str = ...,
+        awaiting: _builtins.str = ...,
+        awaiting_kind: _builtins.str = ...,
+        parked_result: _builtins.bytes = ...,
+        parked_type: _builtins.str = ...,
+        trace_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["approved_at", b"approved_at", "created_at", b"created_at", "finished_at", b"finished_at", "last_sandbox_result", b"last_sandbox_result", "updated_at", b"updated_at", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["approved_at", b"approved_at", "approved_by", b"approved_by", "artifact_command", b"artifact_command", "artifacts", b"artifacts", "budget_tokens", b"budget_tokens", "budget_usd", b"budget_usd", "created_at", b"created_at", "current_task", b"current_task", "error", b"error", "finished_at", b"finished_at", "goal", b"goal", "labels", b"labels", "last_sandbox_result", b"last_sandbox_result", "max_retries", b"max_retries", "mission_id", b"mission_id", "model", b"model", "paused_from", b"paused_from", "pending_work", b"pending_work", "require_approval", b"require_approval", "retries", b"retries", "status", b"status", "status_reason", b"status_reason", "submitted_by", b"submitted_by", "tasks", b"tasks", "trace_context", b"trace_context", "updated_at", b"updated_at", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approved_at", b"approved_at", "approved_by", b"approved_by", "artifact_command", b"artifact_command", "artifacts", b"artifacts", "awaiting", b"awaiting", "awaiting_kind", b"awaiting_kind", "budget_tokens", b"budget_tokens", "budget_usd", b"budget_usd", "created_at", b"created_at", "current_task", b"current_task", "error", b"error", "finished_at", b"finished_at", "goal", b"goal", "labels", b"labels", "last_sandbox_result", b"last_sandbox_result", "max_retries", b"max_retries", "mission_id", b"mission_id", "model", b"model", "parked_result", b"parked_result", "parked_type", b"parked_type", "paused_from", b"paused_from", "pending_work", b"pending_work", "require_approval", b"require_approval", "retries", b"retries", "status", b"status", "status_reason", b"status_reason", "submitted_by", b"submitted_by", "tasks", b"tasks", "trace_context", b"trace_context", "trace_id", b"trace_id", "updated_at", b"updated_at", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
