@@ -61,9 +61,10 @@ def scrub(pii: bool = typer.Option(False, "--pii", help="Also redact e-mail, IPv
 
 def _register_commands() -> None:
     # Imported here so `coo --help` stays fast and each command group lives in its own module.
-    from coo.cli import stack_cmds
+    from coo.cli import mission_cmds, stack_cmds
 
     stack_cmds.register(app)
+    mission_cmds.register(app)
 
 
 def run() -> None:

@@ -16,6 +16,7 @@ Every service talks to NATS through this module and nothing else:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -356,7 +357,7 @@ class Bus:
         started = time.perf_counter()
         outcome = "ack"
         try:
-            with structlog.contextvars.bound_contextvars(mission_id=mission_id) if mission_id else _nullctx():
+            with structlog.contextvars.bound_contextvars(mission_id=mission_id) if mission_id else contextlib.nullcontext():
                 try:
                     if msg.metadata.num_delivered > 1:
                         metrics.BUS_REDELIVERIES.labels(template).inc()
@@ -425,7 +426,7 @@ class Bus:
             outcome = "ok"
             try:
                 mission_id = headers.get(HEADER_MISSION)
-                with structlog.contextvars.bound_contextvars(mission_id=mission_id) if mission_id else _nullctx():
+                with structlog.contextvars.bound_contextvars(mission_id=mission_id) if mission_id else contextlib.nullcontext():
                     try:
                         request = decode(headers, req.data, accepted)
                         reply = await fn(request)
@@ -537,11 +538,3 @@ def _dead_letter_view(dlq_seq: int, advisory_subject: str, data: bytes | None) -
         "reason": adv.get("reason") or ("max deliveries reached" if kind == "max_deliveries" else "terminated"),
         "at": adv.get("timestamp", ""),
     }
-
-
-class _nullctx:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False

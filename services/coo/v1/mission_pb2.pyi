@@ -217,6 +217,7 @@ class Mission(_message.Message):
     PARKED_RESULT_FIELD_NUMBER: _builtins.int
     PARKED_TYPE_FIELD_NUMBER: _builtins.int
     TRACE_ID_FIELD_NUMBER: _builtins.int
+    DISPATCH_GENERATION_FIELD_NUMBER: _builtins.int
     mission_id: _builtins.str
     goal: _builtins.str
     """The user's goal, verbatim."""
@@ -258,6 +259,10 @@ class Mission(_message.Message):
     """Protobuf full name of parked_result."""
     trace_id: _builtins.str
     """Trace id of the mission (hex), for the CLI and the API."""
+    dispatch_generation: _builtins.int
+    """Bumped when outstanding work must be dispatched again under a fresh id (e.g. resumed
+    after a budget pause), so bus dedup does not swallow the new dispatch.
+    """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -331,10 +336,11 @@ class Mission(_message.Message):
         parked_result: _builtins.bytes = ...,
         parked_type: _builtins.str = ...,
         trace_id: _builtins.str = ...,
+        dispatch_generation: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["approved_at", b"approved_at", "created_at", b"created_at", "finished_at", b"finished_at", "last_sandbox_result", b"last_sandbox_result", "updated_at", b"updated_at", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["approved_at", b"approved_at", "approved_by", b"approved_by", "artifact_command", b"artifact_command", "artifacts", b"artifacts", "awaiting", b"awaiting", "awaiting_kind", b"awaiting_kind", "budget_tokens", b"budget_tokens", "budget_usd", b"budget_usd", "created_at", b"created_at", "current_task", b"current_task", "error", b"error", "finished_at", b"finished_at", "goal", b"goal", "labels", b"labels", "last_sandbox_result", b"last_sandbox_result", "max_retries", b"max_retries", "mission_id", b"mission_id", "model", b"model", "parked_result", b"parked_result", "parked_type", b"parked_type", "paused_from", b"paused_from", "pending_work", b"pending_work", "require_approval", b"require_approval", "retries", b"retries", "status", b"status", "status_reason", b"status_reason", "submitted_by", b"submitted_by", "tasks", b"tasks", "trace_context", b"trace_context", "trace_id", b"trace_id", "updated_at", b"updated_at", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approved_at", b"approved_at", "approved_by", b"approved_by", "artifact_command", b"artifact_command", "artifacts", b"artifacts", "awaiting", b"awaiting", "awaiting_kind", b"awaiting_kind", "budget_tokens", b"budget_tokens", "budget_usd", b"budget_usd", "created_at", b"created_at", "current_task", b"current_task", "dispatch_generation", b"dispatch_generation", "error", b"error", "finished_at", b"finished_at", "goal", b"goal", "labels", b"labels", "last_sandbox_result", b"last_sandbox_result", "max_retries", b"max_retries", "mission_id", b"mission_id", "model", b"model", "parked_result", b"parked_result", "parked_type", b"parked_type", "paused_from", b"paused_from", "pending_work", b"pending_work", "require_approval", b"require_approval", "retries", b"retries", "status", b"status", "status_reason", b"status_reason", "submitted_by", b"submitted_by", "tasks", b"tasks", "trace_context", b"trace_context", "trace_id", b"trace_id", "updated_at", b"updated_at", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,77 @@
+"""The CLI's client of the orchestrator's REST API (the API is the only way the CLI changes state)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from coo.cli.main import CliError
+from coo.stack.components import StackSettings
+
+
+def api_url() -> str:
+    return os.environ.get("COO_API_URL") or StackSettings().url(StackSettings().orchestrator_port)
+
+
+def api_token() -> str | None:
+    """COO_API_TOKEN, else the token file the local orchestrator wrote (COO_API_TOKEN_FILE)."""
+    token = os.environ.get("COO_API_TOKEN")
+    if token:
+        return token
+    path = Path(os.environ.get("COO_API_TOKEN_FILE") or (StackSettings().state / "data" / "api-token"))
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
+class Api:
+    def __init__(self, base_url: str | None = None, token: str | None = None, timeout: float = 10.0) -> None:
+        self.base_url = base_url or api_url()
+        self._token = token if token is not None else api_token()
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> "Api":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _call(self, method: str, path: str, *, mutating: bool = False, **kwargs: Any) -> Any:
+        headers = {}
+        if mutating:
+            if not self._token:
+                raise CliError("no API token", "set COO_API_TOKEN, or start the local stack (`coo up`) which writes one")
+            headers["Authorization"] = f"Bearer {self._token}"
+        try:
+            resp = self._http.request(method, path, headers=headers, **kwargs)
+        except httpx.ConnectError:
+            raise CliError(f"the orchestrator at {self.base_url} is not reachable",
+                           "start the stack with `make up` (or `coo up`), or set COO_API_URL") from None
+        except httpx.TimeoutException:
+            raise CliError(f"the orchestrator at {self.base_url} did not answer in time", "check `coo status`") from None
+        if resp.status_code >= 400:
+            try:
+                detail = resp.json().get("detail")
+            except ValueError:
+                detail = resp.text[:200]
+            if isinstance(detail, list):  # FastAPI validation errors
+                detail = "; ".join(f"{'.'.join(str(p) for p in d.get('loc', [])[1:])}: {d.get('msg')}" for d in detail)
+            hint = {401: "check COO_API_TOKEN (or the token file of the local stack)",
+                    404: "list missions with `coo missions`",
+                    409: "see the mission's state with `coo mission ID`",
+                    429: "the system is busy or a budget is exhausted; see `coo status`"}.get(resp.status_code, "")
+            raise CliError(f"{detail} (HTTP {resp.status_code})", hint)
+        return resp.json()
+
+    def get(self, path: str, **params: Any) -> Any:
+        return self._call("GET", path, params={k: v for k, v in params.items() if v is not None})
+
+    def post(self, path: str, body: dict | None = None) -> Any:
+        return self._call("POST", path, mutating=True, json=body or {})

@@ -1,0 +1,31 @@
+"""The demo mission of `make up`: one catalog goal, followed to the end, and where to look."""
+
+from __future__ import annotations
+
+from coo.cli.client import Api
+from coo.cli.main import CliError, console, emit_json
+from coo.cli.mission_cmds import jaeger_url, wait_for
+from coo.stack.components import StackSettings
+
+DEMO_GOAL = "write a FizzBuzz function with tests"
+
+
+def run_demo(s: StackSettings, *, json_out: bool = False, timeout: float = 300.0) -> dict:
+    with Api() as api:
+        m = api.post("/v1/missions", {"goal": DEMO_GOAL})
+        if not json_out:
+            console.print(f"demo mission [bold]{m['mission_id']}[/bold]: {DEMO_GOAL}")
+        m = wait_for(api, m["mission_id"], timeout, quiet=json_out)
+    if json_out:
+        emit_json({"demo": {k: m[k] for k in ("mission_id", "status", "cost_usd", "duration_seconds", "trace_id")}})
+    else:
+        console.print(f"demo mission {m['status']} in {m['duration_seconds']:.1f}s, cost ${m['cost_usd']:.4f}")
+        console.print("where to look:")
+        console.print(f"  coo mission {m['mission_id']}   ·   coo logs {m['mission_id']}   ·   coo trace {m['mission_id']}")
+        console.print(f"  Jaeger      {jaeger_url(m['trace_id'])}")
+        console.print(f"  Prometheus  {s.url(s.prometheus_port, '/graph?g0.expr=coo_missions_total')}")
+        console.print(f"  Alertmanager {s.url(s.alertmanager_port)}")
+    if m["status"] != "completed":
+        raise CliError(f"the demo mission ended {m['status']}: {m.get('error') or m.get('status_reason')}",
+                       f"see `coo mission {m['mission_id']}` and {s.state / 'logs'}")
+    return m

@@ -1,0 +1,236 @@
+"""The orchestrator's public REST API (FastAPI; the OpenAPI spec is at ``/openapi.json``).
+
+Reads are open on the loopback stack; every mutating call needs ``Authorization: Bearer
+<COO_API_TOKEN>`` (compared in constant time).
+"""
+
+from __future__ import annotations
+
+import hmac
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response, status
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
+
+from coo import __version__
+from coo.common import timeline
+from coo.common.bus import ServiceError
+from coo.orchestrator import flow
+from coo.orchestrator.engine import AdmissionRefused, Engine, MissionNotFound
+from coo.v1 import control_pb2, mission_pb2, sandbox_pb2
+
+ACTIONS = {
+    "pause": control_pb2.CONTROL_ACTION_PAUSE,
+    "resume": control_pb2.CONTROL_ACTION_RESUME,
+    "cancel": control_pb2.CONTROL_ACTION_CANCEL,
+    "approve": control_pb2.CONTROL_ACTION_APPROVE,
+}
+
+
+class MissionRequest(BaseModel):
+    goal: str = Field(..., min_length=1, max_length=4000, description="what the agents should build")
+    budget_usd: float | None = Field(None, gt=0, le=10_000, description="mission budget (default from config)")
+    require_approval: bool | None = Field(None, description="wait for an operator's approval after planning")
+    model: str | None = Field(None, max_length=100, pattern=r"^[A-Za-z0-9._:/-]*$")
+    max_retries: int | None = Field(None, ge=0, le=10)
+    labels: dict[str, str] = Field(default_factory=dict, max_length=20)
+
+
+class ControlRequest(BaseModel):
+    action: Literal["pause", "resume", "cancel", "approve"]
+    reason: str = Field("", max_length=500)
+
+
+class Accepted(BaseModel):
+    control_id: str
+    mission_id: str
+    action: str
+
+
+class ErrorBody(BaseModel):
+    detail: str
+
+
+def _ts(ts) -> str | None:
+    if ts is None or (ts.seconds == 0 and ts.nanos == 0):
+        return None
+    return ts.ToDatetime(tzinfo=timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _outcome(value: int) -> str:
+    return sandbox_pb2.SandboxOutcome.Name(value).removeprefix("SANDBOX_OUTCOME_").lower()
+
+
+def mission_view(m: mission_pb2.Mission, *, with_files: bool = True) -> dict[str, Any]:
+    end = m.finished_at if m.finished_at.seconds else None
+    duration = None
+    if m.created_at.seconds:
+        end_ns = end.ToNanoseconds() if end else int(datetime.now(timezone.utc).timestamp() * 1e9)
+        duration = round((end_ns - m.created_at.ToNanoseconds()) / 1e9, 3)
+    view = {
+        "mission_id": m.mission_id,
+        "goal": m.goal,
+        "status": flow.status_name(m.status),
+        "status_reason": m.status_reason,
+        "paused_from": flow.status_name(m.paused_from) if m.paused_from else None,
+        "created_at": _ts(m.created_at), "updated_at": _ts(m.updated_at), "finished_at": _ts(m.finished_at),
+        "duration_seconds": duration,
+        "budget_usd": m.budget_usd,
+        "cost_usd": round(m.usage.cost_usd, 6),
+        "tokens": {"input": m.usage.input_tokens, "output": m.usage.output_tokens},
+        "llm_calls": m.usage.calls,
+        "retries": m.retries,
+        "max_retries": m.max_retries,
+        "require_approval": m.require_approval,
+        "approved_by": m.approved_by or None,
+        "current_task": m.current_task if m.tasks else None,
+        "awaiting": m.awaiting_kind or None,
+        "pending_work": m.pending_work,
+        "tasks": [{
+            "task_id": t.task_id, "title": t.title, "description": t.description,
+            "status": mission_pb2.TaskStatus.Name(t.status).removeprefix("TASK_STATUS_").lower(),
+            "attempts": t.attempts, "last_feedback": t.last_feedback, "last_score": t.last_score,
+        } for t in m.tasks],
+        "trace_id": m.trace_id,
+        "error": m.error or None,
+        "labels": dict(m.labels),
+        "model": m.model or None,
+    }
+    if m.last_sandbox_result.run_id:
+        r = m.last_sandbox_result
+        view["last_sandbox_result"] = {"run_id": r.run_id, "outcome": _outcome(r.outcome), "exit_code": r.exit_code,
+                                       "duration_seconds": r.duration_seconds, "backend": r.backend,
+                                       "stdout": r.stdout[-2000:], "stderr": r.stderr[-2000:]}
+    if with_files:
+        view["artifacts"] = [{"name": f.name, "content": f.content} for f in m.artifacts]
+        view["artifact_command"] = list(m.artifact_command)
+    return view
+
+
+def event_view(e) -> dict[str, Any]:
+    return {"event_id": e.event_id, "at": _ts(e.at), "type": e.type, "message": e.message, "level": e.level,
+            "service": e.service, "status": flow.status_name(e.status) if e.status else None,
+            "attributes": dict(e.attributes), "trace_id": e.trace_id or None}
+
+
+def create_api(engine: Engine, token: str) -> FastAPI:
+    app = FastAPI(
+        title="COO orchestrator", version=__version__,
+        description="Missions for teams of LLM agents: submit, follow, control. Mutating calls need a bearer token.",
+    )
+    bearer = HTTPBearer(auto_error=False)
+
+    def require_token(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> str:
+        if creds is None or creds.scheme.lower() != "bearer":
+            raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing bearer token (Authorization: Bearer …)",
+                                headers={"WWW-Authenticate": "Bearer"})
+        if not hmac.compare_digest(creds.credentials.encode(), token.encode()):
+            raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid token", headers={"WWW-Authenticate": "Bearer"})
+        return "operator"
+
+    errors = {404: {"model": ErrorBody}, 401: {"model": ErrorBody}}
+
+    async def _mission(mission_id: str) -> mission_pb2.Mission:
+        if len(mission_id) > 64:
+            raise HTTPException(404, f"no mission {mission_id[:64]}…")
+        try:
+            return await engine.get(mission_id)
+        except MissionNotFound:
+            raise HTTPException(404, f"no mission {mission_id}") from None
+        except Exception as exc:  # invalid key characters and the like  # noqa: BLE001
+            raise HTTPException(404, f"no mission {mission_id}: {type(exc).__name__}") from None
+
+    @app.post("/v1/missions", status_code=201, responses={**errors, 429: {"model": ErrorBody}, 503: {"model": ErrorBody}})
+    async def create_mission(body: MissionRequest, response: Response, who: str = Depends(require_token)):
+        """Submit a mission. Answers at once; follow it with GET /v1/missions/{id}."""
+        try:
+            m = await engine.create_mission(body.goal, budget_usd=body.budget_usd, require_approval=body.require_approval,
+                                            submitted_by=who, model=body.model or "", labels=body.labels,
+                                            max_retries=body.max_retries)
+        except AdmissionRefused as exc:
+            return JSONResponse({"detail": str(exc)}, status_code=429, headers={"Retry-After": str(exc.retry_after)})
+        except (ServiceError, TimeoutError, RuntimeError) as exc:
+            return JSONResponse({"detail": f"cannot admit the mission now: {exc}"}, status_code=503,
+                                headers={"Retry-After": "5"})
+        response.headers["Location"] = f"/v1/missions/{m.mission_id}"
+        return mission_view(m)
+
+    @app.get("/v1/missions")
+    async def list_missions(status_: str | None = Query(None, alias="status", pattern="^[a-z_]+$"),
+                            since: datetime | None = Query(None, description="ISO-8601; missions created after"),
+                            limit: int = Query(50, ge=1, le=1000)):
+        """Missions, newest first."""
+        if status_ is not None:
+            try:
+                wanted = flow.status_value(status_)
+            except ValueError:
+                raise HTTPException(422, f"unknown status {status_!r}") from None
+        missions = await engine.list_missions()
+        out = []
+        for m in reversed(missions):
+            if status_ is not None and m.status != wanted:
+                continue
+            if since is not None:
+                since_ns = int((since if since.tzinfo else since.replace(tzinfo=timezone.utc)).timestamp() * 1e9)
+                if m.created_at.ToNanoseconds() < since_ns:
+                    continue
+            out.append(mission_view(m, with_files=False))
+            if len(out) >= limit:
+                break
+        return {"missions": out, "count": len(out)}
+
+    @app.get("/v1/missions/{mission_id}", responses=errors)
+    async def get_mission(mission_id: str):
+        return mission_view(await _mission(mission_id))
+
+    @app.get("/v1/missions/{mission_id}/timeline", responses=errors)
+    async def get_timeline(mission_id: str):
+        await _mission(mission_id)
+        events = await timeline.read(engine.bus, mission_id)
+        return {"mission_id": mission_id, "events": [event_view(e) for e in events]}
+
+    @app.post("/v1/missions/{mission_id}/control", status_code=202,
+              responses={**errors, 409: {"model": ErrorBody}}, response_model=Accepted)
+    async def control(mission_id: str, body: ControlRequest, who: str = Depends(require_token)):
+        """Pause, resume, cancel or approve a mission (a CONTROL message on the bus)."""
+        await _mission(mission_id)
+        try:
+            control_id = await engine.request_control(mission_id, ACTIONS[body.action], by=who, reason=body.reason)
+        except flow.ControlRejected as exc:
+            raise HTTPException(409, str(exc)) from None
+        return Accepted(control_id=control_id, mission_id=mission_id, action=body.action)
+
+    @app.get("/v1/dlq")
+    async def dlq(limit: int = Query(100, ge=1, le=1000)):
+        """Dead letters: messages terminated as invalid or past their delivery limit."""
+        entries = await engine.bus.dead_letters(limit)
+        return {"dead_letters": entries, "count": len(entries)}
+
+    @app.post("/v1/dlq/{dlq_id}/replay", responses=errors)
+    async def replay(dlq_id: int, who: str = Depends(require_token)):
+        """Publish a dead letter's original message again."""
+        try:
+            return await engine.bus.replay(dlq_id)
+        except Exception as exc:  # noqa: BLE001 - not found in either stream
+            if "not found" in str(exc).lower() or type(exc).__name__ == "NotFoundError":
+                raise HTTPException(404, f"no dead letter {dlq_id} (or its original message has expired)") from None
+            raise
+
+    @app.get("/v1/status")
+    async def stack_status():
+        """Admission state: scopes closed by the budget-exceeded alert."""
+        return {"admission": "closed" if engine.admission_blocks else "open",
+                "blocked_scopes": engine.admission_blocks}
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception):
+        from coo.common.telemetry import get_logger
+
+        get_logger("coo.orchestrator.api").error("request failed", path=request.url.path,
+                                                  error=f"{type(exc).__name__}: {exc}")
+        return JSONResponse({"detail": f"internal error: {type(exc).__name__}"}, status_code=500)
+
+    return app

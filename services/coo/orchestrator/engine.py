@@ -1,0 +1,312 @@
+"""The orchestrator's engine: missions in JetStream KV, moved by results and control messages.
+
+Every change is a compare-and-set on the mission's KV entry followed by its effects (timeline
+events, dispatch of the next work item). Handlers are idempotent: a result whose id is not the
+one the mission awaits is a duplicate and is acknowledged without effect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+import uuid
+from collections.abc import Callable
+
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from opentelemetry import context, propagate, trace
+from opentelemetry.trace import SpanKind
+
+from coo.common import metrics, timeline, topology
+from coo.common.bus import Bus, Delivery, InvalidMessage
+from coo.common.telemetry import get_logger, trace_exemplar
+from coo.orchestrator import flow
+from coo.orchestrator.settings import OrchestratorSettings
+from coo.v1 import agent_pb2, budget_pb2, control_pb2, mission_pb2, sandbox_pb2
+
+log = get_logger("coo.orchestrator")
+tracer = trace.get_tracer("coo.orchestrator")
+
+S = mission_pb2
+
+
+class MissionNotFound(KeyError):
+    pass
+
+
+class AdmissionRefused(RuntimeError):
+    """A new mission is not admitted (too many live missions, or a budget scope is exhausted)."""
+
+    def __init__(self, reason: str, retry_after: int = 5) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
+
+
+def new_mission_id() -> str:
+    # Sortable by creation time, unique enough across replicas.
+    return f"m-{int(time.time() * 1000):011x}{uuid.uuid4().hex[:6]}"
+
+
+class Engine:
+    def __init__(self, bus: Bus, settings: OrchestratorSettings) -> None:
+        self.bus = bus
+        self.settings = settings
+        self.policy = flow.Policy(max_retries=settings.max_retries, max_pending_work=settings.max_pending_work,
+                                  on_budget_exceeded=settings.budget_on_exceeded, max_tasks=settings.max_tasks)
+        self.sandbox = flow.SandboxDefaults(settings.sandbox_timeout_seconds, settings.sandbox_memory_mb,
+                                            settings.sandbox_cpu_seconds, settings.sandbox_max_output_bytes)
+        self.kv = None
+        self._tasks: list[asyncio.Task] = []
+        # Scopes closed to new missions by the budget-exceeded alert: scope -> period key.
+        self.admission_blocks: dict[str, dict] = {}
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        self.kv = await self.bus.kv(topology.BUCKET_MISSIONS)
+        self.bus.consume("orchestrator-agent-results", self._on_agent_result, [agent_pb2.AgentResult], concurrency=16)
+        self.bus.consume("orchestrator-sandbox-results", self._on_sandbox_result, [sandbox_pb2.SandboxResult],
+                         concurrency=16)
+        self.bus.consume("orchestrator-control", self._on_control, [control_pb2.Control], concurrency=8)
+        await self.reconcile()
+        self._tasks.append(asyncio.create_task(self._housekeeping(), name="orchestrator-housekeeping"))
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def reconcile(self) -> None:
+        """After a restart: dispatch again what every live mission waits for (deduplicated by id)."""
+        count = 0
+        for m in await self.list_missions():
+            if m.status in flow.LIVE and m.status != S.MISSION_STATUS_PAUSED and m.awaiting:
+                with self._mission_context(m):
+                    await self._dispatch(m)
+                count += 1
+        if count:
+            log.info("resumed live missions after start-up", missions=count)
+
+    # ------------------------------------------------------------------- queries
+    async def get(self, mission_id: str) -> mission_pb2.Mission:
+        try:
+            entry = await self.kv.get(mission_id)
+        except KeyNotFoundError:
+            raise MissionNotFound(mission_id) from None
+        if entry.value is None:
+            raise MissionNotFound(mission_id)
+        return mission_pb2.Mission.FromString(entry.value)
+
+    async def list_missions(self) -> list[mission_pb2.Mission]:
+        try:
+            keys = await self.kv.keys()
+        except Exception:  # nats-py raises NoKeysError on an empty bucket  # noqa: BLE001
+            return []
+        out = []
+        for key in keys:
+            try:
+                out.append(await self.get(key))
+            except MissionNotFound:
+                continue
+        out.sort(key=lambda m: m.created_at.ToNanoseconds())
+        return out
+
+    # ------------------------------------------------------------------ commands
+    async def create_mission(self, goal: str, *, budget_usd: float | None = None, require_approval: bool | None = None,
+                             submitted_by: str = "", model: str = "", labels: dict[str, str] | None = None,
+                             max_retries: int | None = None) -> mission_pb2.Mission:
+        live = sum(1 for m in await self.list_missions() if m.status in flow.LIVE)
+        if live >= self.settings.max_live_missions:
+            metrics.ADMISSION_REFUSED.labels("capacity").inc()
+            raise AdmissionRefused(f"{live} live missions (bound {self.settings.max_live_missions}); try again later")
+        if self.admission_blocks:
+            scope, info = next(iter(self.admission_blocks.items()))
+            metrics.ADMISSION_REFUSED.labels("budget").inc()
+            raise AdmissionRefused(f"the {scope} budget is exhausted ({info.get('summary', 'alert firing')}); "
+                                   f"new missions are refused until it resets or is raised", retry_after=60)
+        m = mission_pb2.Mission(
+            mission_id=new_mission_id(), goal=goal, budget_usd=budget_usd or self.settings.default_budget_usd,
+            require_approval=self.settings.require_approval if require_approval is None else require_approval,
+            max_retries=self.settings.max_retries if max_retries is None else max_retries,
+            submitted_by=submitted_by, model=model, labels=labels or {},
+        )
+        m.created_at.CopyFrom(flow.now())
+        m.updated_at.CopyFrom(m.created_at)
+        with tracer.start_as_current_span(
+            "invoke_workflow coo.mission", kind=SpanKind.INTERNAL,
+            attributes={"gen_ai.operation.name": "invoke_workflow", "mission.id": m.mission_id,
+                        "coo.mission.budget_usd": m.budget_usd},
+        ) as span:
+            propagate.inject(m.trace_context)
+            m.trace_id = format(span.get_span_context().trace_id, "032x")
+            await self._set_mission_budget(m)
+            step = flow.create(m)
+            await self.kv.create(m.mission_id, m.SerializeToString())
+            metrics.MISSIONS_STARTED.inc()
+            await self._effects(m, step)
+        log.info("mission created", mission_id=m.mission_id, trace_id=m.trace_id)
+        return m
+
+    async def _set_mission_budget(self, m: mission_pb2.Mission) -> None:
+        from coo.budget.client import BudgetClient
+
+        reply = await BudgetClient(self.bus).set_limit(
+            budget_pb2.BUDGET_SCOPE_MISSION, mission_id=m.mission_id, limit_usd=m.budget_usd,
+            requested_by=m.submitted_by or "orchestrator")
+        if not reply.ok:
+            raise RuntimeError(f"budget service refused the mission limit: {reply.reason}")
+
+    async def request_control(self, mission_id: str, action: int, *, by: str = "", reason: str = "") -> str:
+        """Validate against the current state (ControlRejected → 409) and publish a control message."""
+        m = await self.get(mission_id)
+        flow.check_control(m, action)
+        control = control_pb2.Control(control_id=uuid.uuid4().hex, mission_id=mission_id, action=action,
+                                      reason=reason, requested_by=by, requested_at=flow.now())
+        with self._mission_context(m):
+            await self.bus.publish(topology.control_subject(mission_id), control, msg_id=control.control_id,
+                                   mission_id=mission_id)
+        return control.control_id
+
+    # ------------------------------------------------------------------ handlers
+    async def _on_agent_result(self, r: agent_pb2.AgentResult, delivery: Delivery) -> None:
+        if not r.mission_id or not r.task_id:
+            raise InvalidMessage("agent result without mission_id or task_id")
+        metrics.TASK_SECONDS.labels(agent_pb2.Role.Name(r.role).removeprefix("ROLE_").lower(),
+                                    "ok" if r.ok else "error").observe(r.duration_seconds, trace_exemplar())
+        await self._apply(r.mission_id, lambda m: flow.on_agent_result(m, r, self.policy))
+
+    async def _on_sandbox_result(self, r: sandbox_pb2.SandboxResult, delivery: Delivery) -> None:
+        if not r.mission_id or not r.run_id:
+            raise InvalidMessage("sandbox result without mission_id or run_id")
+        await self._apply(r.mission_id, lambda m: flow.on_sandbox_result(m, r, self.policy))
+
+    async def _on_control(self, c: control_pb2.Control, delivery: Delivery) -> None:
+        if not c.mission_id:
+            raise InvalidMessage("control message without mission_id")
+        if c.action not in control_pb2.ControlAction.values() or c.action == control_pb2.CONTROL_ACTION_UNSPECIFIED:
+            raise InvalidMessage(f"unknown control action {c.action}")
+        parked: list[tuple[bytes, str]] = []
+
+        def step_fn(m: mission_pb2.Mission):
+            step, data, type_ = flow.on_control(m, c.action, c.requested_by, c.reason, self.policy)
+            parked[:] = [(data, type_)] if data else []
+            return step
+
+        m = await self._apply(c.mission_id, step_fn)
+        if m is None:
+            log.info("control ignored: it no longer applies", mission_id=c.mission_id,
+                     action=control_pb2.ControlAction.Name(c.action))
+            return
+        if parked:
+            data, type_ = parked[0]
+            if type_ == agent_pb2.AgentResult.DESCRIPTOR.full_name:
+                r = agent_pb2.AgentResult.FromString(data)
+                await self._apply(c.mission_id, lambda mm: flow.on_agent_result(mm, r, self.policy))
+            elif type_ == sandbox_pb2.SandboxResult.DESCRIPTOR.full_name:
+                s = sandbox_pb2.SandboxResult.FromString(data)
+                await self._apply(c.mission_id, lambda mm: flow.on_sandbox_result(mm, s, self.policy))
+
+    # -------------------------------------------------------------- the CAS loop
+    async def _apply(self, mission_id: str, fn: Callable[[mission_pb2.Mission], flow.Step | None]
+                     ) -> mission_pb2.Mission | None:
+        for _ in range(50):
+            try:
+                entry = await self.kv.get(mission_id)
+            except KeyNotFoundError:
+                raise InvalidMessage(f"unknown mission {mission_id}") from None
+            m = mission_pb2.Mission.FromString(entry.value)
+            step = fn(m)
+            if step is None:
+                return None
+            m.updated_at.CopyFrom(flow.now())
+            try:
+                await self.kv.update(mission_id, m.SerializeToString(), last=entry.revision)
+            except KeyWrongLastSequenceError:
+                continue
+            with self._mission_context(m):
+                await self._effects(m, step)
+            return m
+        raise RuntimeError(f"mission {mission_id}: too many concurrent updates")
+
+    def _mission_context(self, m: mission_pb2.Mission):
+        """Keep the current context when it is already in the mission's trace, else reattach the
+        mission's root context: one mission, one trace, whatever restarts in between."""
+        current = trace.get_current_span().get_span_context()
+        if current.is_valid and format(current.trace_id, "032x") == m.trace_id:
+            return contextlib.nullcontext()
+        return _Attached(propagate.extract(dict(m.trace_context)))
+
+    async def _effects(self, m: mission_pb2.Mission, step: flow.Step) -> None:
+        for ev in step.events:
+            await timeline.record(self.bus, m.mission_id, ev.type, ev.message, status=m.status, level=ev.level,
+                                  attributes=ev.attributes)
+        if step.dispatch:
+            await self._dispatch(m)
+        if step.finished:
+            status = flow.status_name(m.status)
+            metrics.MISSIONS.labels(status).inc()
+            duration = (m.finished_at.ToNanoseconds() - m.created_at.ToNanoseconds()) / 1e9
+            metrics.MISSION_SECONDS.labels(status).observe(max(duration, 0.0), trace_exemplar())
+            log.info("mission finished", mission_id=m.mission_id, status=status, duration_seconds=round(duration, 3),
+                     cost_usd=round(m.usage.cost_usd, 6), retries=m.retries)
+        if any(ev.type == "task.retry" for ev in step.events):
+            metrics.MISSION_RETRIES.inc()
+        if any(ev.type == "backpressure" for ev in step.events):
+            metrics.BACKPRESSURE.inc()
+
+    async def _dispatch(self, m: mission_pb2.Mission) -> None:
+        work = flow.next_work(m, self.sandbox)
+        if work is None:
+            return
+        subject, message = work
+        await self.bus.publish(subject, message, msg_id=m.awaiting, mission_id=m.mission_id)
+
+    # -------------------------------------------------------------- housekeeping
+    async def _housekeeping(self) -> None:
+        """Gauges from the store, and the deadline that fails missions whose work was lost."""
+        while True:
+            try:
+                await asyncio.sleep(5)
+                missions = await self.list_missions()
+                counts = {s: 0 for s in flow.LIVE}
+                for m in missions:
+                    if m.status in counts:
+                        counts[m.status] += 1
+                for status, n in counts.items():
+                    metrics.MISSIONS_ACTIVE.labels(flow.status_name(status)).set(n)
+                metrics.DLQ_MESSAGES.set(await self.bus.dlq_size())
+                deadline_ns = (time.time() - self.settings.mission_deadline_seconds) * 1e9
+                for m in missions:
+                    if m.status in flow.LIVE and m.status != S.MISSION_STATUS_PAUSED \
+                            and m.created_at.ToNanoseconds() < deadline_ns:
+                        await self._apply(m.mission_id, self._deadline_step)
+            except asyncio.CancelledError:
+                return
+            except Exception as exc:  # noqa: BLE001
+                log.warning("housekeeping failed", error=str(exc) or type(exc).__name__)
+
+    def _deadline_step(self, m: mission_pb2.Mission) -> flow.Step | None:
+        if m.status not in flow.LIVE or m.status == S.MISSION_STATUS_PAUSED:
+            return None
+        step = flow.Step()
+        flow.finish(m, S.MISSION_STATUS_FAILED, step,
+                     f"deadline of {self.settings.mission_deadline_seconds:.0f}s passed")
+        return step
+
+
+class _Attached:
+    def __init__(self, ctx) -> None:
+        self._ctx = ctx
+        self._token = None
+
+    def __enter__(self):
+        self._token = context.attach(self._ctx)
+        return None
+
+    def __exit__(self, *exc):
+        context.detach(self._token)
+        return False
+
+
+def worker_name() -> str:
+    return f"{os.uname().nodename}-{os.getpid()}"

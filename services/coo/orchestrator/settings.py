@@ -1,0 +1,48 @@
+"""Orchestrator configuration (``COO_*`` variables)."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+
+from coo.common.config import CommonSettings
+
+
+class OrchestratorSettings(CommonSettings):
+    orchestrator_port: int = 8080
+    orchestrator_host: str = "127.0.0.1"
+    api_token: SecretStr | None = Field(None, description="bearer token for mutating API calls")
+    api_token_file: Path | None = Field(None, description="file holding the token (default <data_dir>/api-token)")
+    max_retries: int = Field(2, ge=0, le=10, description="engineer retries per task after a failed QA verdict")
+    max_tasks: int = Field(5, ge=1, le=50, description="tasks the COO agent may plan")
+    require_approval: bool = Field(False, description="default of the approval gate after planning")
+    max_pending_work: int = Field(8, ge=1, description="backpressure: a mission with more pending work is hard-paused")
+    max_live_missions: int = Field(200, ge=1, description="admission: more live missions are refused (429)")
+    default_budget_usd: float = Field(1.0, gt=0)
+    budget_on_exceeded: str = Field("fail", pattern="^(fail|pause)$",
+                                     description="a refused reservation ends the mission, or pauses it")
+    sandbox_timeout_seconds: float = 20.0
+    sandbox_memory_mb: int = 256
+    sandbox_cpu_seconds: float = 10.0
+    sandbox_max_output_bytes: int = 64_000
+    mission_deadline_seconds: float = Field(1800.0, description="a live mission older than this fails")
+
+    def token_path(self) -> Path:
+        return self.api_token_file or (self.data_dir / "api-token")
+
+    def resolve_api_token(self) -> str:
+        """The configured token, else the one in the token file, else a new one written there (0600)."""
+        if self.api_token is not None and self.api_token.get_secret_value():
+            return self.api_token.get_secret_value()
+        path = self.token_path()
+        if path.exists():
+            token = path.read_text().strip()
+            if token:
+                return token
+        path.parent.mkdir(parents=True, exist_ok=True)
+        token = secrets.token_urlsafe(32)
+        path.touch(mode=0o600)
+        path.write_text(token)
+        return token

@@ -1,0 +1,134 @@
+"""The services as real processes for end-to-end tests (the same commands and environment as the
+local stack's component table), on free loopback ports, against a test's own nats-server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from coo.common.natsserver import NatsServer, free_port
+from coo.stack.components import Component, StackSettings, components
+
+SERVICES = ("mockllm", "budget", "sandbox", "agent", "orchestrator")
+TEST_TOKEN = "test-token-" + "x" * 20
+
+
+@dataclass
+class ServiceStack:
+    root: Path
+    nats: NatsServer
+    env: dict[str, str] = field(default_factory=dict)
+    services: tuple[str, ...] = SERVICES
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    parts: dict[str, Component] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        ports = {f"{name}_port": free_port() for name in SERVICES}
+        self.settings = StackSettings(host="127.0.0.1", state_dir=self.root, nats_port=self.nats.port,
+                                      nats_monitor_port=self.nats.monitor_port, **ports)
+        self.parts = {c.name: c for c in components(self.settings) if c.name in self.services}
+        (self.root / "logs").mkdir(parents=True, exist_ok=True)
+
+    def url(self, name: str, path: str = "") -> str:
+        return self.parts[name].url + path
+
+    def _env(self, c: Component) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("COO_", "OTEL_"))}
+        env.update(c.env)
+        env.update({
+            "COO_API_TOKEN": TEST_TOKEN,
+            "COO_DATA_DIR": str(self.root / "data" / c.name),
+            "OTEL_EXPORTER_OTLP_ENDPOINT": os.environ.get("COO_TEST_OTLP_ENDPOINT", "http://127.0.0.1:9"),
+            "COO_BUDGET_RESERVATION_TTL_SECONDS": "30",
+        })
+        env.update(self.env)
+        return env
+
+    def start(self, name: str | None = None, timeout: float = 30.0) -> "ServiceStack":
+        names = [name] if name else list(self.services)
+        for n in names:
+            c = self.parts[n]
+            log = open(self.root / "logs" / f"{n}.log", "ab")
+            self.procs[n] = subprocess.Popen(c.command, stdout=log, stderr=subprocess.STDOUT, env=self._env(c),
+                                             start_new_session=True)
+            log.close()
+        for n in names:
+            self.wait_healthy(n, timeout)
+        return self
+
+    def wait_healthy(self, name: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        url = self.parts[name].health_url
+        while time.monotonic() < deadline:
+            proc = self.procs[name]
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with {proc.returncode}:\n{self.log(name)[-3000:]}")
+            try:
+                if httpx.get(url, timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"{name} not healthy after {timeout}s:\n{self.log(name)[-3000:]}")
+
+    def log(self, name: str) -> str:
+        path = self.root / "logs" / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def kill(self, name: str) -> None:
+        """SIGKILL, no warning: what a crash looks like."""
+        proc = self.procs.pop(name)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    def stop(self, name: str | None = None, timeout: float = 15.0) -> dict[str, int]:
+        codes = {}
+        for n in ([name] if name else list(reversed(self.services))):
+            proc = self.procs.pop(n, None)
+            if proc is None:
+                continue
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+            codes[n] = proc.returncode
+        return codes
+
+    # ---------------------------------------------------------------- API helpers
+    def api(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url("orchestrator"), timeout=10,
+                            headers={"Authorization": f"Bearer {TEST_TOKEN}"})
+
+    def submit(self, goal: str, **body) -> dict:
+        with self.api() as api:
+            resp = api.post("/v1/missions", json={"goal": goal, **body})
+            assert resp.status_code == 201, resp.text
+            return resp.json()
+
+    def mission(self, mission_id: str) -> dict:
+        with self.api() as api:
+            return api.get(f"/v1/missions/{mission_id}").json()
+
+    def wait_status(self, mission_id: str, statuses: set[str] | str, timeout: float = 90.0) -> dict:
+        statuses = {statuses} if isinstance(statuses, str) else statuses
+        deadline = time.monotonic() + timeout
+        m = {}
+        while time.monotonic() < deadline:
+            m = self.mission(mission_id)
+            if m["status"] in statuses:
+                return m
+            time.sleep(0.2)
+        raise AssertionError(f"mission {mission_id} is {m.get('status')} after {timeout}s, wanted {statuses}: {m}")
+
+    def timeline(self, mission_id: str) -> list[dict]:
+        with self.api() as api:
+            return api.get(f"/v1/missions/{mission_id}/timeline").json()["events"]
