@@ -1,0 +1,222 @@
+"""The sandbox service: runs generated code under hard limits, exactly once per run id.
+
+The run store (KV ``coo_sandbox_runs``) holds a ``SandboxResult`` per run id: outcome
+``UNSPECIFIED`` while it runs, the final result after. A redelivered request for a finished
+run republishes the stored result instead of running again; a run found ``running`` past its
+deadline (the replica died mid-run) is marked failed, at start-up and whenever met.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from opentelemetry import trace
+
+from coo.common import metrics, topology
+from coo.common.bus import Bus, Delivery, InvalidMessage, Retry
+from coo.common.service import ServiceContext, run
+from coo.common.telemetry import get_logger, trace_exemplar
+from coo.sandbox.backends import choose_backend
+from coo.sandbox.backends.base import InvalidArtifact, RunSpec, validate_spec
+from coo.sandbox.settings import SandboxSettings
+from coo.v1 import sandbox_pb2
+
+log = get_logger("coo.sandbox")
+tracer = trace.get_tracer("coo.sandbox")
+
+_OUTCOMES = {name: sandbox_pb2.SandboxOutcome.Value("SANDBOX_OUTCOME_" + name.upper())
+             for name in ("ok", "failed", "timeout", "memory", "output_limit", "killed", "error")}
+
+
+def _limit(asked: float, ceiling: float) -> float:
+    return ceiling if asked <= 0 else min(asked, ceiling)
+
+
+def spec_from(run: sandbox_pb2.SandboxRun, s: SandboxSettings) -> RunSpec:
+    files: dict[str, str] = {}
+    for f in run.files:
+        if f.name in files:
+            raise InvalidArtifact(f"duplicate file name {f.name!r}")
+        files[f.name] = f.content
+    lim = run.limits
+    return RunSpec(
+        run_id=run.run_id, files=files, command=list(run.command),
+        timeout_seconds=_limit(lim.timeout_seconds, s.sandbox_max_timeout_seconds),
+        cpu_seconds=int(_limit(lim.cpu_seconds, s.sandbox_max_cpu_seconds)),
+        memory_mb=int(_limit(lim.memory_mb, s.sandbox_max_memory_mb)),
+        max_output_bytes=int(_limit(lim.max_output_bytes, s.sandbox_max_output_bytes)),
+        max_processes=int(_limit(lim.max_processes, s.sandbox_max_processes)),
+        tmpfs_mb=int(_limit(lim.tmpfs_mb, s.sandbox_tmpfs_mb)),
+        max_file_mb=int(_limit(lim.max_file_mb, s.sandbox_max_file_mb)),
+    )
+
+
+class SandboxService:
+    def __init__(self, bus: Bus, settings: SandboxSettings) -> None:
+        self.bus = bus
+        self.settings = settings
+        self.backend = choose_backend(settings.sandbox_backend)
+        self.kv = None
+        self.executions = 0  # runs this replica actually executed (tests read it from the log)
+
+    async def start(self) -> None:
+        ok, why = self.backend.available()
+        if not ok:
+            log.error("sandbox backend unavailable; runs will fail with outcome error", backend=self.backend.name,
+                      reason=why)
+        self.kv = await self.bus.kv(topology.BUCKET_SANDBOX_RUNS)
+        await self.recover()
+        self.bus.consume("sandbox-runs", self.handle, [sandbox_pb2.SandboxRun],
+                         concurrency=self.settings.sandbox_concurrency)
+        log.info("sandbox ready", backend=self.backend.name)
+
+    def _deadline_passed(self, r: sandbox_pb2.SandboxResult) -> bool:
+        started = r.started_at.ToNanoseconds() / 1e9
+        allowed = (r.limits.timeout_seconds or self.settings.sandbox_max_timeout_seconds) \
+            + self.settings.sandbox_crash_grace_seconds
+        return time.time() - started > allowed
+
+    async def recover(self) -> None:
+        """Runs left ``running`` by a crash are marked failed (not run again)."""
+        try:
+            keys = await self.kv.keys()
+        except Exception:  # NoKeysError on an empty bucket  # noqa: BLE001
+            return
+        marked = 0
+        for key in keys:
+            try:
+                entry = await self.kv.get(key)
+            except KeyNotFoundError:
+                continue
+            r = sandbox_pb2.SandboxResult.FromString(entry.value)
+            if r.outcome == sandbox_pb2.SANDBOX_OUTCOME_UNSPECIFIED and self._deadline_passed(r):
+                if await self._mark_crashed(key, r, entry.revision):
+                    marked += 1
+        if marked:
+            log.warning("runs left running by a crash marked failed", runs=marked)
+
+    async def _mark_crashed(self, key: str, r: sandbox_pb2.SandboxResult, revision: int) -> bool:
+        r.outcome = sandbox_pb2.SANDBOX_OUTCOME_KILLED
+        r.error = "the sandbox service stopped while this run was in progress; it was not run again"
+        r.finished_at.GetCurrentTime()
+        try:
+            await self.kv.update(key, r.SerializeToString(), last=revision)
+        except KeyWrongLastSequenceError:
+            return False
+        metrics.SANDBOX_RUNS.labels("killed", r.backend or self.backend.name).inc()
+        await self._publish(r)
+        return True
+
+    async def _publish(self, r: sandbox_pb2.SandboxResult) -> None:
+        await self.bus.publish(topology.SANDBOX_RESULTS, r, msg_id=f"sandbox-result:{r.run_id}",
+                               mission_id=r.mission_id)
+
+    async def handle(self, run_msg: sandbox_pb2.SandboxRun, delivery: Delivery) -> None:
+        if not run_msg.run_id or not run_msg.mission_id:
+            raise InvalidMessage("sandbox run without run_id or mission_id")
+        key = run_msg.run_id
+        try:
+            entry = await self.kv.get(key)
+        except KeyNotFoundError:
+            entry = None
+        if entry is not None and entry.value:
+            stored = sandbox_pb2.SandboxResult.FromString(entry.value)
+            if stored.outcome != sandbox_pb2.SANDBOX_OUTCOME_UNSPECIFIED:
+                metrics.SANDBOX_DUPLICATES.inc()
+                log.info("run already done; answering with the stored result", run_id=key)
+                await self._publish(stored)
+                return
+            if self._deadline_passed(stored):
+                await self._mark_crashed(key, stored, entry.revision)
+                return
+            raise Retry("run in progress elsewhere", delay=5.0)
+
+        try:
+            spec = spec_from(run_msg, self.settings)
+            validate_spec(spec)
+        except InvalidArtifact as exc:
+            result = self._result(run_msg, None)
+            result.outcome = sandbox_pb2.SANDBOX_OUTCOME_ERROR
+            result.error = f"invalid run request: {exc}"
+            await self._store_and_publish(key, result, None)
+            return
+
+        running = self._result(run_msg, spec)
+        try:
+            revision = await self.kv.create(key, running.SerializeToString())
+        except Exception:  # another replica claimed it between our get and create  # noqa: BLE001
+            raise Retry("run claimed by another replica", delay=2.0) from None
+        with tracer.start_as_current_span("execute sandbox", attributes={
+                "coo.sandbox.run_id": key, "coo.sandbox.backend": self.backend.name,
+                "coo.sandbox.files": len(spec.files)}) as span:
+            heartbeat = asyncio.create_task(_heartbeat(delivery))
+            try:
+                outcome = await self.backend.run(spec)
+            finally:
+                heartbeat.cancel()
+            self.executions += 1
+            log.info("sandbox run executed", run_id=key, outcome=outcome.outcome, exit_code=outcome.exit_code,
+                     duration_seconds=round(outcome.duration_seconds, 3), backend=outcome.backend)
+            span.set_attribute("coo.sandbox.outcome", outcome.outcome)
+            if outcome.exit_code is not None:
+                span.set_attribute("process.exit.code", outcome.exit_code)
+            result = running
+            result.outcome = _OUTCOMES.get(outcome.outcome, sandbox_pb2.SANDBOX_OUTCOME_ERROR)
+            result.exit_code = outcome.exit_code if outcome.exit_code is not None else -1
+            result.stdout, result.stderr = outcome.stdout, outcome.stderr
+            result.stdout_truncated, result.stderr_truncated = outcome.stdout_truncated, outcome.stderr_truncated
+            result.duration_seconds = outcome.duration_seconds
+            result.backend = outcome.backend
+            result.error = outcome.error
+            metrics.SANDBOX_RUNS.labels(outcome.outcome, outcome.backend).inc()
+            metrics.SANDBOX_SECONDS.labels(outcome.backend).observe(outcome.duration_seconds, trace_exemplar())
+            await self._store_and_publish(key, result, revision)
+
+    def _result(self, run_msg: sandbox_pb2.SandboxRun, spec: RunSpec | None) -> sandbox_pb2.SandboxResult:
+        r = sandbox_pb2.SandboxResult(run_id=run_msg.run_id, mission_id=run_msg.mission_id, task_id=run_msg.task_id,
+                                      backend=self.backend.name)
+        r.started_at.GetCurrentTime()
+        if spec is not None:
+            r.limits.CopyFrom(sandbox_pb2.SandboxLimits(
+                timeout_seconds=spec.timeout_seconds, memory_mb=spec.memory_mb, cpu_seconds=spec.cpu_seconds,
+                max_output_bytes=spec.max_output_bytes, max_processes=spec.max_processes, tmpfs_mb=spec.tmpfs_mb,
+                max_file_mb=spec.max_file_mb))
+        return r
+
+    async def _store_and_publish(self, key: str, result: sandbox_pb2.SandboxResult, revision: int | None) -> None:
+        result.finished_at.GetCurrentTime()
+        data = result.SerializeToString()
+        if revision is None:
+            try:
+                await self.kv.create(key, data)
+            except Exception:  # noqa: BLE001 - already stored by a redelivery: keep the first
+                pass
+        else:
+            await self.kv.update(key, data, last=revision)
+        await self._publish(result)
+
+
+async def _heartbeat(delivery: Delivery) -> None:
+    while True:
+        await asyncio.sleep(10)
+        try:
+            await delivery.in_progress()
+        except Exception:  # noqa: BLE001
+            return
+
+
+async def start(ctx: ServiceContext) -> None:
+    svc = SandboxService(ctx.bus, ctx.settings)
+    await svc.start()
+
+    async def backend_check() -> tuple[bool, str]:
+        return svc.backend.available()
+
+    ctx.checks["backend"] = backend_check
+
+
+def main() -> None:
+    settings = SandboxSettings()
+    run("sandbox", settings.sandbox_port, settings, start)
