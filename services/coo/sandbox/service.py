@@ -66,6 +66,9 @@ class SandboxService:
         if not ok:
             log.error("sandbox backend unavailable; runs will fail with outcome error", backend=self.backend.name,
                       reason=why)
+        reap = getattr(self.backend, "reap_orphans", None)
+        if reap is not None:
+            reap()  # processes a crashed replica left running under the sandbox uids
         self.kv = await self.bus.kv(topology.BUCKET_SANDBOX_RUNS)
         await self.recover()
         self.bus.consume("sandbox-runs", self.handle, [sandbox_pb2.SandboxRun],
