@@ -50,6 +50,23 @@ class Accepted(BaseModel):
     action: str
 
 
+class Alert(BaseModel):
+    status: str = Field(..., max_length=20)
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    startsAt: str | None = None  # noqa: N815 - Alertmanager's field names
+    endsAt: str | None = None  # noqa: N815
+
+
+class AlertmanagerWebhook(BaseModel):
+    """The payload of Alertmanager's webhook_config (version 4)."""
+
+    version: str = "4"
+    status: str = ""
+    receiver: str = ""
+    alerts: list[Alert] = Field(default_factory=list, max_length=1000)
+
+
 class ErrorBody(BaseModel):
     detail: str
 
@@ -220,10 +237,15 @@ def create_api(engine: Engine, token: str) -> FastAPI:
             raise
 
     @app.get("/v1/status")
-    async def stack_status():
-        """Admission state: scopes closed by the budget-exceeded alert."""
-        return {"admission": "closed" if engine.admission_blocks else "open",
-                "blocked_scopes": engine.admission_blocks}
+    async def admission_status():
+        """Admission state: budget scopes closed by the budget-exceeded alert, and until when."""
+        blocks = await engine.active_admission_blocks()
+        return {"admission": "closed" if blocks else "open", "blocked_scopes": blocks}
+
+    @app.post("/v1/alerts")
+    async def alerts(payload: AlertmanagerWebhook, who: str = Depends(require_token)):
+        """Alertmanager's webhook receiver (BudgetExceeded closes admission in its scope)."""
+        return await engine.on_alerts(payload.model_dump())
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception):

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import time
 import uuid
 from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
 
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from opentelemetry import context, propagate, trace
@@ -29,6 +31,20 @@ log = get_logger("coo.orchestrator")
 tracer = trace.get_tracer("coo.orchestrator")
 
 S = mission_pb2
+
+
+ADMISSION_KEY = "admission.blocks"
+SYSTEM_TIMELINE = "system"   # coo.timeline.system: events that concern no single mission
+
+
+def _period_end(scope: str) -> str:
+    """When a daily or monthly budget resets (UTC)."""
+    now = datetime.now(timezone.utc)
+    if scope == "daily":
+        end = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    else:
+        end = (now.replace(day=1) + timedelta(days=32)).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    return end.isoformat()
 
 
 class MissionNotFound(KeyError):
@@ -58,8 +74,6 @@ class Engine:
                                             settings.sandbox_cpu_seconds, settings.sandbox_max_output_bytes)
         self.kv = None
         self._tasks: list[asyncio.Task] = []
-        # Scopes closed to new missions by the budget-exceeded alert: scope -> period key.
-        self.admission_blocks: dict[str, dict] = {}
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -104,6 +118,8 @@ class Engine:
             return []
         out = []
         for key in keys:
+            if not key.startswith("m-"):
+                continue
             try:
                 out.append(await self.get(key))
             except MissionNotFound:
@@ -119,11 +135,13 @@ class Engine:
         if live >= self.settings.max_live_missions:
             metrics.ADMISSION_REFUSED.labels("capacity").inc()
             raise AdmissionRefused(f"{live} live missions (bound {self.settings.max_live_missions}); try again later")
-        if self.admission_blocks:
-            scope, info = next(iter(self.admission_blocks.items()))
+        blocks = await self.active_admission_blocks()
+        if blocks:
+            scope, info = next(iter(blocks.items()))
             metrics.ADMISSION_REFUSED.labels("budget").inc()
-            raise AdmissionRefused(f"the {scope} budget is exhausted ({info.get('summary', 'alert firing')}); "
-                                   f"new missions are refused until it resets or is raised", retry_after=60)
+            raise AdmissionRefused(f"the {scope} budget is exhausted ({info.get('summary') or 'alert firing'}); "
+                                   f"new missions are refused until {info['until']} or until it is raised",
+                                   retry_after=60)
         m = mission_pb2.Mission(
             mission_id=new_mission_id(), goal=goal, budget_usd=budget_usd or self.settings.default_budget_usd,
             require_approval=self.settings.require_approval if require_approval is None else require_approval,
@@ -260,6 +278,59 @@ class Engine:
             return
         subject, message = work
         await self.bus.publish(subject, message, msg_id=m.awaiting, mission_id=m.mission_id)
+
+    # ------------------------------------------------------------ admission blocks
+    async def active_admission_blocks(self) -> dict[str, dict]:
+        """Budget scopes closed to new missions by the budget-exceeded alert (until their period ends)."""
+        try:
+            entry = await self.kv.get(ADMISSION_KEY)
+            blocks = json.loads(entry.value or b"{}")
+        except KeyNotFoundError:
+            return {}
+        now_iso = datetime.now(timezone.utc).isoformat()
+        return {scope: b for scope, b in blocks.items() if b.get("until", "") > now_iso}
+
+    async def on_alerts(self, payload: dict) -> dict:
+        """Alertmanager webhook: BudgetExceeded for a daily/monthly scope closes admission in that
+        scope until the period resets (or the alert resolves); everything else is recorded."""
+        changes = []
+        for alert in payload.get("alerts", [])[:100]:
+            labels = alert.get("labels") or {}
+            name = str(labels.get("alertname", ""))[:100]
+            scope = str(labels.get("scope", ""))[:20]
+            firing = alert.get("status") == "firing"
+            summary = str((alert.get("annotations") or {}).get("summary", ""))[:300]
+            log.warning("alert received", alert=name, status=alert.get("status"), scope=scope or None)
+            if name == "BudgetExceeded" and scope in ("daily", "monthly"):
+                await self._set_block(scope, firing, summary)
+                changes.append({"scope": scope, "admission": "closed" if firing else "open"})
+                await timeline.record(self.bus, SYSTEM_TIMELINE, "admission.closed" if firing else "admission.opened",
+                                      f"{scope} budget exceeded: new missions refused until it resets"
+                                      if firing else f"{scope} budget alert resolved: admission open",
+                                      level="warning" if firing else "info", attributes={"scope": scope})
+        return {"received": len(payload.get("alerts", [])), "changes": changes}
+
+    async def _set_block(self, scope: str, closed: bool, summary: str) -> None:
+        for _ in range(20):
+            try:
+                entry = await self.kv.get(ADMISSION_KEY)
+                blocks, revision = json.loads(entry.value or b"{}"), entry.revision
+            except KeyNotFoundError:
+                blocks, revision = {}, None
+            if closed:
+                blocks[scope] = {"since": datetime.now(timezone.utc).isoformat(), "until": _period_end(scope),
+                                 "summary": summary}
+            else:
+                blocks.pop(scope, None)
+            data = json.dumps(blocks).encode()
+            try:
+                if revision is None:
+                    await self.kv.create(ADMISSION_KEY, data)
+                else:
+                    await self.kv.update(ADMISSION_KEY, data, last=revision)
+                return
+            except Exception:  # noqa: BLE001 - lost a race with another replica: read again
+                continue
 
     # -------------------------------------------------------------- housekeeping
     async def _housekeeping(self) -> None:
