@@ -166,6 +166,7 @@ class Bus:
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._micro: list[nats.micro.Service] = []
+        self._closing = asyncio.Event()
 
     # ------------------------------------------------------------------ connection
     @classmethod
@@ -177,14 +178,17 @@ class Bus:
         async def error_cb(exc: Exception) -> None:
             blog.warning("nats error", error=str(exc) or type(exc).__name__)
 
+        closing = asyncio.Event()  # set by close(): a disconnect then is expected, not news
+
         async def disconnected_cb() -> None:
-            blog.warning("nats disconnected; reconnecting")
+            if not closing.is_set():
+                blog.warning("nats disconnected; reconnecting")
 
         async def reconnected_cb() -> None:
             blog.info("nats reconnected", server=str(nc.connected_url.netloc if nc.connected_url else ""))
 
         async def closed_cb() -> None:
-            blog.info("nats connection closed")
+            blog.debug("nats connection closed")
 
         options: dict[str, Any] = {}
         if settings.nats_user:
@@ -196,11 +200,14 @@ class Bus:
             allow_reconnect=True, error_cb=error_cb, disconnected_cb=disconnected_cb,
             reconnected_cb=reconnected_cb, closed_cb=closed_cb, **options,
         )
-        return cls(nc, service, settings)
+        bus = cls(nc, service, settings)
+        bus._closing = closing
+        return bus
 
     async def close(self) -> None:
         """Stop consumers and endpoints, let in-flight handlers finish, drain the connection."""
         self._stop.set()
+        self._closing.set()
         for svc in self._micro:
             try:
                 await svc.stop()
