@@ -224,9 +224,25 @@ class Telemetry:
     tracer_provider: TracerProvider | None
     logger_provider: LoggerProvider | None
     enabled: bool
+    exporters: list = field(default_factory=list)   # the OTLP exporters we own
+    in_process: bool = False                         # tests: an in-memory exporter shared by all
 
     def shutdown(self) -> None:
-        """Flush and stop exporters (called on graceful shutdown)."""
+        """Flush and stop exporters (called on graceful shutdown).
+
+        With no collector listening, the exporters are stopped first so the final flush does
+        not sit in OTLP retries; the spans it holds would be dropped anyway.
+        """
+        if self.in_process:
+            if self.tracer_provider is not None:
+                self.tracer_provider.force_flush(1000)
+            return
+        if self.exporters and not collector_reachable():
+            for exporter in self.exporters:
+                try:
+                    exporter._inner.shutdown()
+                except Exception:  # noqa: BLE001
+                    pass
         for provider in (self.tracer_provider, self.logger_provider):
             if provider is None:
                 continue
@@ -315,6 +331,7 @@ def setup_telemetry(service: str, *, span_exporter: SpanExporter | None = None,
         return _installed
     enabled = not sdk_disabled()
     tracer_provider = logger_provider = None
+    owned: list = []
     if enabled:
         resource = _resource(service)
         tracer_provider = TracerProvider(resource=resource)
@@ -324,13 +341,15 @@ def setup_telemetry(service: str, *, span_exporter: SpanExporter | None = None,
             tracer_provider.add_span_processor(SimpleSpanProcessor(span_exporter))
         else:
             span_out, log_out = _otlp_exporters()
-            tracer_provider.add_span_processor(BatchSpanProcessor(_QuietSpanExporter(span_out)))
+            owned = [_QuietSpanExporter(span_out), _QuietLogExporter(log_out)]
+            tracer_provider.add_span_processor(BatchSpanProcessor(owned[0]))
             logger_provider = LoggerProvider(resource=resource)
-            logger_provider.add_log_record_processor(BatchLogRecordProcessor(_QuietLogExporter(log_out)))
+            logger_provider.add_log_record_processor(BatchLogRecordProcessor(owned[1]))
             set_logger_provider(logger_provider)
         trace.set_tracer_provider(tracer_provider)
     configure_logging(service, debug=debug, logger_provider=logger_provider)
-    _installed = Telemetry(service, tracer_provider, logger_provider, enabled)
+    _installed = Telemetry(service, tracer_provider, logger_provider, enabled, owned,
+                           in_process=span_exporter is not None)
     if not enabled:
         log.info("OpenTelemetry SDK disabled (OTEL_SDK_DISABLED=true); metrics and logs only")
     elif span_exporter is None and not collector_reachable():

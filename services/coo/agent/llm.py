@@ -1,0 +1,219 @@
+"""LLM calls: the official ``openai`` SDK against any OpenAI-compatible endpoint.
+
+* ``AsyncOpenAI(base_url, api_key, max_retries, timeout)``: the SDK retries 408/409/429/5xx and
+  connection errors itself (``COO_LLM_MAX_RETRIES``, default 2) with its own backoff.
+* Spans: ``opentelemetry-instrumentation-openai-v2`` makes the ``chat {model}`` CLIENT span with
+  the ``gen_ai.*`` attributes and token usage (installed once by :func:`instrument_openai`);
+  prompt/completion content is captured only when ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT``
+  asks for it (read by the instrumentation; this version takes ``span_only`` / ``event_only`` /
+  ``span_and_event``).
+* Cost on the chat span: an HTTP response hook of the SDK's HTTP client runs while the chat span
+  is current; it reads the usage of the successful response, hands it to the caller's
+  ``on_usage`` callback (the agent settles the budget reservation there) and sets
+  ``coo.cost.usd`` on that span. If the hook could not (no usage in the body, say), the caller's
+  callback runs after the call instead, with ``response.usage`` or an estimate.
+* Token estimate: no tokenizer is available offline, so prompts are measured deterministically
+  as ``ceil(chars / 4)`` per message + 4 tokens of message overhead + 3 tokens of priming, plus
+  the JSON of ``response_format`` (the same rule the mock LLM uses to report usage).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
+
+import openai
+from opentelemetry import trace
+
+from coo.agent.settings import AgentSettings
+from coo.common.telemetry import get_logger
+
+log = get_logger("coo.agent.llm")
+
+CHARS_PER_TOKEN = 4
+MESSAGE_OVERHEAD_TOKENS = 4
+PRIMING_TOKENS = 3
+
+COST_ATTRIBUTE = "coo.cost.usd"
+
+# (input_tokens, output_tokens, usage_reported) -> cost in USD (None if unknown). Never raises.
+UsageCallback = Callable[[int, int, bool], Awaitable[float | None]]
+
+
+# ---------------------------------------------------------------------------- estimates
+def estimate_text_tokens(text: str) -> int:
+    return math.ceil(len(text) / CHARS_PER_TOKEN)
+
+
+def estimate_prompt_tokens(messages: list[dict[str, str]], response_format: dict[str, Any] | None = None) -> int:
+    """Deterministic prompt size: ~4 characters a token (documented in the module docstring)."""
+    total = PRIMING_TOKENS
+    for message in messages:
+        total += MESSAGE_OVERHEAD_TOKENS + estimate_text_tokens(message.get("content") or "")
+    if response_format is not None:
+        total += estimate_text_tokens(json.dumps(response_format, sort_keys=True))
+    return total
+
+
+def response_format_for(schema_name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "json_schema", "json_schema": {"name": schema_name, "strict": True, "schema": schema}}
+
+
+# ------------------------------------------------------------------------ instrumentation
+def instrument_openai() -> bool:
+    """Install the openai-v2 instrumentation once per process. A broken install is logged and the
+    agent runs on without chat spans (LLM calls matter more than their telemetry)."""
+    try:
+        from opentelemetry.instrumentation.openai_v2 import OpenAIInstrumentor
+
+        instrumentor = OpenAIInstrumentor()
+        if not instrumentor.is_instrumented_by_opentelemetry:
+            instrumentor.instrument()
+        return True
+    except Exception as exc:  # noqa: BLE001 - e.g. an incompatible opentelemetry-util-genai
+        log.error("openai instrumentation unavailable; LLM calls will have no chat spans",
+                  error=f"{type(exc).__name__}: {_short(exc)}")
+        return False
+
+
+# --------------------------------------------------------------------------------- errors
+class LLMError(Exception):
+    """An LLM call that failed after the SDK's own retries.
+
+    ``kind`` is a bounded label (metrics); ``transient`` says whether a later redelivery of the
+    task may succeed (timeouts, connection errors, 429, 5xx).
+    """
+
+    def __init__(self, kind: str, message: str, *, transient: bool, status: int | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.transient = transient
+        self.status = status
+        # The usage was already handed to on_usage (the reservation is settled, not to release).
+        self.settled = False
+
+
+_STATUS_KINDS = {400: "bad_request", 401: "auth", 403: "auth", 404: "not_found", 408: "timeout",
+                 409: "conflict", 413: "too_large", 422: "bad_request", 429: "rate_limit"}
+
+
+def _short(text: str, limit: int = 300) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def classify(exc: Exception) -> LLMError:
+    if isinstance(exc, openai.APITimeoutError):
+        return LLMError("timeout", "the LLM request timed out", transient=True)
+    if isinstance(exc, openai.APIConnectionError):
+        return LLMError("connection", f"cannot reach the LLM endpoint: {_short(exc)}", transient=True)
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        if status >= 500:
+            return LLMError("server_error", f"LLM endpoint error {status}: {_short(exc.message)}",
+                            transient=True, status=status)
+        kind = _STATUS_KINDS.get(status, "status_error")
+        return LLMError(kind, f"LLM endpoint refused the request ({status}): {_short(exc.message)}",
+                        transient=status in (408, 409, 429), status=status)
+    if isinstance(exc, openai.OpenAIError):
+        return LLMError("api_error", f"LLM client error: {_short(exc)}", transient=False)
+    return LLMError("other", f"{type(exc).__name__}: {_short(exc)}", transient=False)
+
+
+# ------------------------------------------------------------------------------ the client
+@dataclass
+class Completion:
+    text: str
+    model: str
+    finish_reason: str | None
+    input_tokens: int
+    output_tokens: int
+    usage_reported: bool
+    cost_usd: float | None
+
+
+@dataclass
+class _Call:
+    on_usage: UsageCallback
+    seen: bool = False
+    cost_usd: float | None = None
+
+
+_CURRENT: ContextVar[_Call | None] = ContextVar("coo_agent_llm_call", default=None)
+
+
+class LLMClient:
+    def __init__(self, settings: AgentSettings) -> None:
+        self.settings = settings
+        self._http = openai.DefaultAsyncHttpxClient(
+            timeout=settings.llm_timeout_seconds, event_hooks={"response": [self._on_response]})
+        self._client = openai.AsyncOpenAI(
+            base_url=settings.llm_base_url,
+            api_key=settings.llm_api_key.get_secret_value(),
+            max_retries=settings.llm_max_retries,
+            timeout=settings.llm_timeout_seconds,
+            http_client=self._http,
+        )
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def _on_response(self, response) -> None:
+        """Runs inside the instrumentation's chat span, once per HTTP response (SDK retries too)."""
+        call = _CURRENT.get()
+        if call is None or call.seen or response.status_code != 200:
+            return
+        try:
+            if not response.request.url.path.endswith("/chat/completions"):
+                return
+            await response.aread()
+            usage = (json.loads(response.content) or {}).get("usage") or {}
+            prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+            if not isinstance(prompt, int) or not isinstance(completion, int):
+                return
+        except Exception as exc:  # noqa: BLE001 - the SDK reports a bad body itself
+            log.debug("usage not readable from the response", error=_short(exc))
+            return
+        call.seen = True
+        call.cost_usd = await call.on_usage(prompt, completion, True)
+        if call.cost_usd is not None:
+            trace.get_current_span().set_attribute(COST_ATTRIBUTE, call.cost_usd)
+
+    async def chat(self, *, model: str, messages: list[dict[str, str]], max_tokens: int,
+                   response_format: dict[str, Any], on_usage: UsageCallback) -> Completion:
+        """One chat completion. Raises :class:`LLMError`; ``on_usage`` runs exactly once on success."""
+        call = _Call(on_usage)
+        token = _CURRENT.set(call)
+        kwargs: dict[str, Any] = {"model": model, "messages": messages, "max_tokens": max_tokens,
+                                  "response_format": response_format}
+        if self.settings.llm_temperature is not None:
+            kwargs["temperature"] = self.settings.llm_temperature
+        try:
+            response = await self._client.chat.completions.create(**kwargs)
+        except Exception as exc:  # noqa: BLE001 - classified, never leaked raw
+            error = classify(exc)
+            error.settled = call.seen
+            raise error from exc
+        finally:
+            _CURRENT.reset(token)
+        choice = response.choices[0] if response.choices else None
+        text = (choice.message.content if choice and choice.message else None) or ""
+        usage = response.usage
+        if call.seen:
+            input_tokens, output_tokens, reported = usage.prompt_tokens, usage.completion_tokens, True
+        elif usage is not None:
+            input_tokens, output_tokens, reported = usage.prompt_tokens, usage.completion_tokens, True
+            call.cost_usd = await on_usage(input_tokens, output_tokens, True)
+        else:  # a provider without usage: settle the estimate rather than nothing
+            input_tokens = estimate_prompt_tokens(messages, response_format)
+            output_tokens = max(1, estimate_text_tokens(text))
+            reported = False
+            call.cost_usd = await on_usage(input_tokens, output_tokens, False)
+        return Completion(text=text, model=response.model or model,
+                          finish_reason=choice.finish_reason if choice else None,
+                          input_tokens=input_tokens, output_tokens=output_tokens,
+                          usage_reported=reported, cost_usd=call.cost_usd)
