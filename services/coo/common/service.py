@@ -10,6 +10,7 @@ acked), and flushes its telemetry.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -117,7 +118,7 @@ async def serve_service(name: str, port: int, settings: CommonSettings,
     checks: dict[str, ReadinessCheck] = {}
     add_ops_routes(app, checks, name)
     instrument_app(app)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
+    server = _Server(uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
                                            lifespan="off"))
     server_task = asyncio.create_task(server.serve(), name=f"http:{name}")
     bus = await connect_bus(name, settings, stop)
@@ -149,6 +150,13 @@ async def serve_service(name: str, port: int, settings: CommonSettings,
             server_task.cancel()
         log.info("service stopped", service=name)
         telemetry.shutdown()
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the service owns SIGTERM/SIGINT and stops uvicorn."""
+
+    def capture_signals(self):
+        return contextlib.nullcontext()
 
 
 def _on_signal(name: str, sig: signal.Signals, stop: asyncio.Event) -> None:

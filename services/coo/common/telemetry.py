@@ -106,10 +106,13 @@ class _Reachability:
         log.info("collector reachable again", signal=self._what, endpoint=otlp_endpoint())
 
 
+_REACHABILITY = _Reachability("traces and logs")  # one voice for every exporter of the process
+
+
 class _QuietSpanExporter(SpanExporter):
     def __init__(self, inner: SpanExporter) -> None:
         self._inner = inner
-        self._state = _Reachability("traces")
+        self._state = _REACHABILITY
 
     def export(self, spans):
         result = self._inner.export(spans)
@@ -126,7 +129,7 @@ class _QuietSpanExporter(SpanExporter):
 class _QuietLogExporter(LogRecordExporter):
     def __init__(self, inner: LogRecordExporter) -> None:
         self._inner = inner
-        self._state = _Reachability("logs")
+        self._state = _REACHABILITY
 
     def export(self, batch):
         result = self._inner.export(batch)
@@ -359,6 +362,7 @@ def setup_telemetry(service: str, *, span_exporter: SpanExporter | None = None,
 
 
 def _installed_state_warn_once() -> None:
+    _REACHABILITY._down = True  # already said: the exporters' first failure stays quiet
     log.warning("collector unreachable at start-up; the service runs without exporting telemetry until it is up",
                 endpoint=otlp_endpoint())
 

@@ -25,7 +25,7 @@ from coo.common.bus import Bus, Delivery, InvalidMessage
 from coo.common.telemetry import get_logger, trace_exemplar
 from coo.orchestrator import flow
 from coo.orchestrator.settings import OrchestratorSettings
-from coo.v1 import agent_pb2, budget_pb2, control_pb2, mission_pb2, sandbox_pb2
+from coo.v1 import agent_pb2, budget_pb2, common_pb2, control_pb2, mission_pb2, sandbox_pb2
 
 log = get_logger("coo.orchestrator")
 tracer = trace.get_tracer("coo.orchestrator")
@@ -189,7 +189,7 @@ class Engine:
     async def _on_agent_result(self, r: agent_pb2.AgentResult, delivery: Delivery) -> None:
         if not r.mission_id or not r.task_id:
             raise InvalidMessage("agent result without mission_id or task_id")
-        metrics.TASK_SECONDS.labels(agent_pb2.Role.Name(r.role).removeprefix("ROLE_").lower(),
+        metrics.TASK_SECONDS.labels(common_pb2.Role.Name(r.role).removeprefix("ROLE_").lower(),
                                     "ok" if r.ok else "error").observe(r.duration_seconds, trace_exemplar())
         await self._apply(r.mission_id, lambda m: flow.on_agent_result(m, r, self.policy))
 

@@ -1,0 +1,636 @@
+"""Secret scrubber: the first line of defence (in-process) before anything reaches a log line,
+a span or a file; the collector's ``transform``/``redaction`` rules (the guarantee) are generated
+from the same table, :mod:`coo.common.secret_patterns`.
+
+Public API::
+
+    scrub_text(text, *, pii=False) -> str        # one string
+    scrub(obj, *, pii=False)                      # anything: dict/list/tuple/set/bytes/JSON strings...
+    is_secret_key(name) -> bool                   # does this dict key / attribute name name a secret?
+    structlog_processor(logger, method, event)    # structlog processor (PII when COO_SCRUB_PII is true)
+    scrub_stream(infile, outfile, *, pii=False)   # `coo scrub`: line by line, PEM blocks across lines
+    naive_scrub_text(text, *, pii=False) -> str   # the reference: every pattern in turn (benchmark baseline)
+    SECRET_PATTERNS, PII_PATTERNS, SECRET_KEY_PATTERN
+
+What is redacted
+----------------
+* Self-identifying tokens (AWS key ids, GitHub/GitLab/Slack/Stripe/OpenAI/Anthropic/... keys, JWTs,
+  PEM private-key blocks): the whole token becomes ``[REDACTED:<kind>]``.
+* Context secrets: ``scheme://user:PASSWORD@host`` (user and host kept), ``Authorization: Bearer X``,
+  Slack/Discord webhook URLs (host and path kept), ``Cookie:`` headers.
+* Key/value pairs whose key names a secret. **The rule**: a key names a secret when it *ends*
+  with one of password/passwd/passphrase/pass/pwd/secret(s)/token/bearer/auth/authorization/
+  api_key/access_key/private_key/secret_key/signing_key/encryption_key/master_key/account_key/
+  client_key/credential(s)/creds/cookie(s)/session_id/session_key/sessid/sig/signature
+  (case-insensitive, ``-``/``_``/``.`` between parts optional). So ``GITHUB_TOKEN``, ``clientSecret``,
+  ``x-api-key``, ``Authorization`` do; ``token_count``, ``input_tokens``, ``max_tokens``,
+  ``author``, ``secret_name``, ``password_file`` do not. In text, such a key immediately followed
+  (after an optional closing quote and blanks) by ``=``, ``:``, ``:=`` or ``=>`` and a value of at
+  least **one** character is redacted, keeping the key: ``token=42`` becomes
+  ``token=[REDACTED:secret]``, while "the token count was 42" stays as it is (no separator right
+  after the key). Quoted values are redacted to the closing quote; bare values run to whitespace or
+  one of ``" ' ` , ; & < >``. ``"token": 42`` in JSON becomes ``"token": "[REDACTED:secret]"``.
+  In dicts (and parsed JSON), the value of a secret-named key is replaced wholesale, whatever it
+  is (string, number, None, nested dict...).
+* With ``pii=True`` (structlog: env ``COO_SCRUB_PII``): e-mail addresses, IPv4 addresses, phone
+  numbers (international ``+..``, US ``(555) 123-4567`` / ``555-123-4567``) and SSN-style numbers.
+
+UUIDs, git SHAs, trace/span ids, paths, numbers, timestamps, base64 words in prose, tracebacks and
+URLs without credentials pass unchanged.
+
+Speed
+-----
+Each pattern carries "trigger" substrings, one of which must occur (case-insensitively) for it to
+match at all. ``scrub_text`` lower-cases the text once, keeps the patterns whose triggers occur,
+and applies only those, line by line for multi-line text (only the PEM pattern spans lines, and
+it runs first on the whole text). Its result is, by construction, the same as
+:func:`naive_scrub_text`, which applies every pattern in turn; the tests check it.
+
+Trade-offs
+----------
+* Kinds: a key/value match is labelled ``secret`` even when the value is a recognisable token
+  (``GITHUB_TOKEN=ghp_...`` → ``GITHUB_TOKEN=[REDACTED:secret]``): key/value rules run first so
+  the whole value goes, whatever its shape.
+* An unterminated ``-----BEGIN ... PRIVATE KEY-----`` is redacted up to where its base64/armour
+  body visibly ends, which may take following lines of plain text made only of letters, digits,
+  blanks and ``+/=:,.-``.
+* Bare values stop at whitespace, so ``password=two words`` keeps ``words``; values of
+  secret-named keys in prose-like ``key: value`` are redacted too ("auth: ok" → "auth: [REDACTED]").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from functools import lru_cache
+from typing import IO, Any
+
+from coo.common.secret_patterns import (
+    _KEY_WORDS,
+    _PEM_BEGIN,
+    _PEM_BODY,
+    _PEM_END,
+    PATTERN_SPECS,
+    PII_PATTERNS,
+    PY_FLAGS,
+    SECRET_KEY_PATTERN,
+    SECRET_PATTERNS,
+    marker,
+    python_template,
+)
+
+__all__ = [
+    "scrub_text",
+    "scrub",
+    "is_secret_key",
+    "structlog_processor",
+    "scrub_stream",
+    "naive_scrub_text",
+    "SECRET_PATTERNS",
+    "PII_PATTERNS",
+    "SECRET_KEY_PATTERN",
+    "SECRET_MARKER",
+    "CYCLE_MARKER",
+]
+
+SECRET_MARKER = marker("secret")
+CYCLE_MARKER = "[CYCLE]"
+DEPTH_MARKER = marker("too_deep")
+ERROR_MARKER = marker("scrub_error")   # fail closed: if scrubbing itself fails, nothing of the input is kept
+MAX_DEPTH = 100
+
+# ------------------------------------------------------------------------------- prefilter
+# Every rule carries necessary conditions tested on the lower-cased text: ``triggers`` and
+# ``requires`` (each: one of these substrings occurs) and a ``gate`` (this regex occurs). A rule
+# whose conditions fail cannot match, so skipping it gives exactly what applying it would.
+#
+# Which multi-character substrings occur is found in ONE pass: a trie-shaped regex of all of them
+# (``findall``: at each match position the longest substring starting there). A substring can
+# hide inside an earlier match (``skey``: ``sk`` consumes the start of ``key``); only those that
+# can overlap a found one (:data:`_HIDDEN_BY`, few) are then tested with ``in``.
+
+def _trie_source(words) -> str:
+    trie: dict = {}
+    for w in words:
+        node = trie
+        for ch in w:
+            node = node.setdefault(ch, {})
+        node[""] = {}
+
+    def emit(node) -> str:
+        alts = [re.escape(ch) + emit(node[ch]) for ch in sorted(k for k in node if k)]
+        if not alts:
+            return ""
+        body = alts[0] if len(alts) == 1 else "(?:" + "|".join(alts) + ")"
+        return "(?:" + body + ")?" if "" in node else body
+
+    return emit(trie)
+
+
+def _split(words):
+    """(frozenset of multi-character substrings, tuple of single characters), or None."""
+    if words is None:
+        return None
+    return frozenset(w for w in words if len(w) > 1), tuple(w for w in words if len(w) == 1)
+
+
+_WORDS = sorted({w for s in PATTERN_SPECS for w in (s.triggers or ()) + (s.requires or ()) if len(w) > 1})
+_FINDALL = re.compile(_trie_source(_WORDS)).findall
+# Substrings found implicitly: every word that is a prefix of a found one.
+_PREFIXES = {w: frozenset(v for v in _WORDS if w.startswith(v)) for w in _WORDS}
+# Words that may start strictly inside an occurrence of w (and so be hidden by it).
+_HIDDEN_BY = {
+    w: tuple(v for v in _WORDS if any(v.startswith(w[i:]) or w[i:].startswith(v) for i in range(1, len(w))))
+    for w in _WORDS
+}
+
+
+_NOTHING: frozenset = frozenset()
+
+
+def _found(low: str) -> frozenset:
+    """The multi-character trigger words present in ``low`` (exactly)."""
+    seen = set(_FINDALL(low))
+    if not seen:
+        return _NOTHING
+    todo = [w for w in seen if _HIDDEN_BY[w]]
+    while todo:
+        for v in _HIDDEN_BY[todo.pop()]:
+            if v not in seen and v in low:
+                seen.add(v)
+                todo.append(v)
+    out: set = set()
+    for w in seen:
+        out |= _PREFIXES[w]
+    return frozenset(out)
+
+
+class _Rule:
+    """One compiled pattern and its necessary conditions."""
+
+    __slots__ = ("name", "sub", "match", "tpl", "parts", "trig", "req", "gate", "gate_at_start", "bucket", "idx")
+
+    def __init__(self, spec, idx: int, gates: dict):
+        rx = re.compile(spec.regex, PY_FLAGS)
+        self.name = spec.name
+        self.sub = rx.sub
+        self.match = rx.match
+        self.tpl = python_template(spec)
+        # The replacement as (group index of "pre" or 0, marker text, group index of "post" or 0).
+        groups = rx.groupindex
+        mid = marker(spec.kind)
+        self.parts = (groups.get("pre", 0), f'"{mid}"' if spec.quote else mid, groups.get("post", 0))
+        self.trig = _split(spec.triggers)
+        self.req = _split(spec.requires)
+        # One compiled gate per source, shared by the rules that use it (one result per text).
+        self.gate = None if spec.gate is None else gates.setdefault(spec.gate, re.compile(spec.gate, PY_FLAGS))
+        self.gate_at_start = spec.gate_at_start
+        self.bucket = spec.gate_bucket
+        self.idx = idx
+
+
+def _compile_rules(specs) -> tuple[_Rule, ...]:
+    gates: dict = {}
+    return tuple(_Rule(s, i, gates) for i, s in enumerate(specs))
+
+
+_SECRET_SPECS = tuple(s for s in PATTERN_SPECS if not s.pii)
+_ALL_SPECS = _SECRET_SPECS + tuple(s for s in PATTERN_SPECS if s.pii)
+assert _SECRET_SPECS[0].name == "private_key", "the multi-line PEM pattern must come first"
+_SECRET_RULES = _compile_rules(_SECRET_SPECS)
+_ALL_RULES = _compile_rules(_ALL_SPECS)
+_PEM = _SECRET_RULES[0]
+_PEM_TRIGGER = _SECRET_SPECS[0].triggers[0]
+
+_KEY_RE = re.compile(SECRET_KEY_PATTERN, PY_FLAGS)
+_KEY_WORDS_FULL = re.compile(_KEY_WORDS, PY_FLAGS).fullmatch   # on lower-cased text
+
+# found words -> the plan for a text with those words: (rule, single characters of which one
+# must occur or None, same for requires) for each rule (PEM excluded) that can still apply.
+_PLANS: tuple[dict, dict] = ({}, {})
+_MAX_PLANS = 4096
+
+
+def _conds_left(cond, found: frozenset):
+    """None when ``cond`` already holds given ``found``; the characters still to test otherwise
+    (an empty tuple: cannot hold)."""
+    if cond is None or not cond[0].isdisjoint(found):
+        return None
+    return cond[1]
+
+
+def _plan(found: frozenset, pii: bool) -> tuple:
+    plans = _PLANS[pii]
+    plan = plans.get(found)
+    if plan is None:
+        if len(plans) >= _MAX_PLANS:
+            plans.clear()
+        steps = []
+        for r in (_ALL_RULES if pii else _SECRET_RULES)[1:]:
+            t = _conds_left(r.trig, found)
+            q = _conds_left(r.req, found)
+            if t == () or q == ():
+                continue
+            steps.append((r, t, q))
+        plan = plans[found] = tuple(steps)
+    return plan
+
+
+def _any_in(chars, low: str) -> bool:
+    for ch in chars:
+        if ch in low:
+            return True
+    return False
+
+
+@lru_cache(maxsize=1024)
+def _inner_offsets(word: str) -> tuple[int, ...]:
+    """Offsets inside a matched secret word where another secret word ends at the same place
+    (none with the current word list: no secret word is a suffix of another)."""
+    return tuple(i for i in range(1, len(word)) if _KEY_WORDS_FULL(word[i:]))
+
+
+_JSON_LITERAL_START = frozenset("-0123456789tfn")
+_BUCKETS_BY_CHAR = {'"': ("dq",), "'": ("sq",), "\\": ("edq", "bare")}
+_BARE = ("bare",)
+_JSON_OR_BARE = ("json", "bare")
+
+
+def _gate_positions(gate, low: str) -> dict:
+    """Every position where a start-anchored ``gate`` matches in ``low``, as
+    ``{bucket: ascending positions}``.
+
+    For the key/value gate (group 1: the secret word; then quote and separator) the positions are
+    sorted by what follows the separator, so each key/value pattern only tries the positions it
+    can match: ``dq`` ("), ``edq`` (\), ``sq`` ('), ``json`` (a JSON literal after ``"key":``),
+    ``bare`` (anything but a quote). Other gates: everything under ``None``.
+
+    ``finditer`` gives the non-overlapping matches; another match can only start inside one where
+    a secret word is a suffix of the matched word (see _inner_offsets), added explicitly."""
+    if gate.groups == 0:
+        return {None: [m.start() for m in gate.finditer(low)]}
+    buckets: dict = {"dq": [], "edq": [], "sq": [], "json": [], "bare": []}
+    extra = False
+    by_char = _BUCKETS_BY_CHAR
+    for m in gate.finditer(low):
+        start = m.start()
+        end = m.end()
+        c = low[end:end + 1]
+        names = by_char.get(c)
+        if names is None:
+            if not c:
+                continue
+            names = _JSON_OR_BARE if c in _JSON_LITERAL_START and '"' in low[m.end(1):end] else _BARE
+        inner = _inner_offsets(m.group(1))
+        for name in names:
+            buckets[name].append(start)
+        if inner:
+            extra = True
+            for name in names:
+                buckets[name].extend(start + off for off in inner)
+    if extra:
+        for name, positions in buckets.items():
+            buckets[name] = sorted(set(positions))
+    return buckets
+
+
+def _sub_at(rule: _Rule, text: str, positions: list[int]) -> str:
+    """``rule.sub`` on ``text`` when the rule can only match at ``positions`` (ascending): the
+    same result (leftmost non-overlapping matches, each replaced as the template says) without
+    scanning the text."""
+    out = []
+    append = out.append
+    last = 0
+    match = rule.match
+    pre, mid, post = rule.parts
+    for p in positions:
+        if p < last:
+            continue
+        m = match(text, p)
+        if m is None:
+            continue
+        append(text[last:p])
+        if pre:
+            append(m.group(pre) or "")
+        append(mid)
+        if post:
+            append(m.group(post) or "")
+        last = m.end()
+    if not out:
+        return text
+    append(text[last:])
+    return "".join(out)
+
+
+def _apply(text: str, low: str, plan: tuple, pii: bool) -> str:
+    """Apply a plan, in order, to one line (or to any text, once PEM is done)."""
+    gates = None
+    for rule, tchars, qchars in plan:
+        if tchars is not None and not _any_in(tchars, low):
+            continue
+        if qchars is not None and not _any_in(qchars, low):
+            continue
+        gate = rule.gate
+        if gate is None:
+            new = rule.sub(rule.tpl, text)
+        else:
+            if gates is None:
+                gates = {}
+            if rule.gate_at_start and len(low) == len(text):
+                buckets = gates.get(gate)
+                if buckets is None:
+                    buckets = gates[gate] = _gate_positions(gate, low)
+                positions = buckets.get(rule.bucket)
+                if not positions:
+                    continue
+                new = _sub_at(rule, text, positions)
+            else:
+                ok = gates.get(gate)
+                if ok is None:
+                    ok = gates[gate] = gate.search(low) is not None
+                if not ok:
+                    continue
+                new = rule.sub(rule.tpl, text)
+        if new != text:
+            # Rare: go on with the following rules, tested on the new text.
+            return _apply_from(new, rule.idx + 1, pii)
+    return text
+
+
+def _apply_from(text: str, start: int, pii: bool) -> str:
+    """The rules from index ``start`` on, with conditions tested on ``text`` (after a change)."""
+    low = text.lower()
+    plan = tuple(step for step in _plan(_found(low), pii) if step[0].idx >= start)
+    return _apply(text, low, plan, pii)
+
+
+def _scrub_text(text: str, pii: bool) -> str:
+    low = text.lower()
+    if _PEM_TRIGGER in low:
+        new = _PEM.sub(_PEM.tpl, text)
+        if new != text:
+            text = new
+            low = text.lower()
+    if "\n" not in text:
+        return _apply(text, low, _plan(_found(low), pii), pii)
+    # Only the PEM pattern can match across a line break, so line by line gives the same result
+    # as whole-text application, and each line is tested on its own.
+    lines = text.split("\n")
+    lows = low.split("\n")
+    if len(lows) != len(lines):  # lower() never adds or removes "\n"; be safe anyway
+        return _apply(text, low, _plan(_found(low), pii), pii)
+    out = []
+    append = out.append
+    for line, lline in zip(lines, lows):
+        if line:
+            line = _apply(line, lline, _plan(_found(lline), pii), pii)
+        append(line)
+    return "\n".join(out)
+
+
+def scrub_text(text: str, *, pii: bool = False) -> str:
+    """Redact secrets (and with ``pii=True`` personal data) in one string. Never raises."""
+    if not isinstance(text, str):
+        return scrub(text, pii=pii)
+    if not text:
+        return text
+    try:
+        return _scrub_text(text, pii)
+    except Exception:  # noqa: BLE001 - a scrubber that raises would drop or leak the log line
+        return ERROR_MARKER
+
+
+def naive_scrub_text(text: str, *, pii: bool = False) -> str:
+    """The reference implementation: every pattern of the table, in order, on the whole text.
+    Same output as :func:`scrub_text`, much slower; kept as the benchmark baseline."""
+    for rule in (_ALL_RULES if pii else _SECRET_RULES):
+        text = rule.sub(rule.tpl, text)
+    return text
+
+
+# ------------------------------------------------------------------------------------ objects
+
+@lru_cache(maxsize=8192)
+def _is_secret_key_cached(name: str) -> bool:
+    return _KEY_RE.search(name.strip()) is not None
+
+
+def is_secret_key(name: str) -> bool:
+    """True when a dict key / attribute name names a secret (see the module docs for the rule)."""
+    try:
+        if isinstance(name, (bytes, bytearray)):
+            name = bytes(name).decode("utf-8", "replace")
+        if not isinstance(name, str):
+            return False
+        if len(name) > 256:
+            return _KEY_RE.search(name.strip()) is not None
+        return _is_secret_key_cached(str(name))
+    except Exception:  # noqa: BLE001
+        return False
+
+
+_SCALARS = (int, float, bool, complex, type(None))
+
+
+def _scrub_str(s: str, pii: bool, active: set, depth: int) -> Any:
+    # A string that is itself a JSON object/array: scrub its structure (secret-named keys redacted
+    # wholesale) and re-serialise, or return it untouched when nothing changed.
+    first = s[:1]
+    if first in ("{", "[") or (first.isspace() and s.lstrip()[:1] in ("{", "[")):
+        stripped = s.strip()
+        if stripped[-1:] in ("}", "]"):
+            try:
+                parsed = json.loads(stripped)
+            except (ValueError, RecursionError):
+                parsed = None
+            if isinstance(parsed, (dict, list)):
+                cleaned = _scrub(parsed, pii, active, depth)
+                if cleaned == parsed:
+                    return s
+                return json.dumps(cleaned, ensure_ascii=False)
+    return scrub_text(s, pii=pii)
+
+
+def _rebuild(obj, items, fallback):
+    try:
+        return type(obj)(items)
+    except Exception:  # noqa: BLE001 - odd subclasses: give back the plain container
+        return fallback(items)
+
+
+def _scrub(obj: Any, pii: bool, active: set, depth: int) -> Any:
+    t = type(obj)
+    if t is str:
+        return _scrub_str(obj, pii, active, depth)
+    if t in _SCALARS:
+        return obj
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        return _scrub_str(bytes(obj).decode("utf-8", errors="replace"), pii, active, depth)
+    if isinstance(obj, str):
+        return _scrub_str(str(obj), pii, active, depth)
+    if not isinstance(obj, (Mapping, list, tuple, set, frozenset)):
+        return obj
+    oid = id(obj)
+    if oid in active:
+        return CYCLE_MARKER
+    if depth >= MAX_DEPTH:
+        return DEPTH_MARKER
+    active.add(oid)
+    try:
+        depth += 1
+        if isinstance(obj, Mapping):
+            out = {}
+            for key, value in obj.items():
+                if is_secret_key(key):
+                    out[key] = SECRET_MARKER
+                else:
+                    out[key] = _scrub(value, pii, active, depth)
+            return out if t is dict else _rebuild(obj, out, dict)
+        items = [_scrub(x, pii, active, depth) for x in obj]
+        if t is list:
+            return items
+        if t is tuple:
+            return tuple(items)
+        if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # namedtuple
+            try:
+                return t(*items)
+            except Exception:  # noqa: BLE001
+                return tuple(items)
+        if isinstance(obj, (set, frozenset)):
+            try:
+                return _rebuild(obj, items, set if isinstance(obj, set) else frozenset)
+            except TypeError:  # an element became unhashable
+                return items
+        return _rebuild(obj, items, list if isinstance(obj, list) else tuple)
+    finally:
+        active.discard(oid)
+
+
+def scrub(obj: Any, *, pii: bool = False) -> Any:
+    """Return a scrubbed copy of ``obj``. Never raises.
+
+    * str: secrets redacted; a string holding a JSON object/array is parsed, scrubbed and
+      re-serialised (returned unchanged when there was nothing to redact);
+    * bytes/bytearray: decoded as UTF-8 (errors replaced), then as str;
+    * dict/Mapping: keys kept, values scrubbed, values of secret-named keys replaced wholesale;
+    * list/tuple (namedtuples too)/set/frozenset: element by element, same type back;
+    * a container met again inside itself: ``"[CYCLE]"``; nesting deeper than 100: a marker;
+    * anything else: returned as is.
+    """
+    try:
+        return _scrub(obj, pii, set(), 0)
+    except Exception:  # noqa: BLE001 - never raise from a logging path; fail closed
+        return ERROR_MARKER
+
+
+# ---------------------------------------------------------------------------------- structlog
+
+def _env_true(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+#: PII redaction in the structlog processor: env COO_SCRUB_PII, read once at import.
+PII_FROM_ENV = _env_true(os.environ.get("COO_SCRUB_PII"))
+
+
+def structlog_processor(logger: Any, method_name: str, event_dict: dict) -> dict:
+    """structlog processor: scrubs every value of the event dict in place (secret-named keys are
+    replaced wholesale) and returns it. Put it after ``format_exc_info`` so tracebacks are scrubbed."""
+    pii = PII_FROM_ENV
+    try:
+        for key, value in event_dict.items():
+            if is_secret_key(key):
+                event_dict[key] = SECRET_MARKER
+            elif type(value) not in _SCALARS:
+                event_dict[key] = _scrub(value, pii, set(), 0)
+        return event_dict
+    except Exception:  # noqa: BLE001 - fail closed, keep the line
+        return {"event": ERROR_MARKER}
+
+
+# ------------------------------------------------------------------------------------- stream
+
+_PEM_BEGIN_RE = re.compile(_PEM_BEGIN, PY_FLAGS)
+_PEM_END_RE = re.compile(_PEM_END, PY_FLAGS)
+_PEM_BODY_RE = re.compile(_PEM_BODY + "*", PY_FLAGS)
+#: Bounds of a PEM block buffered across lines by scrub_stream (a 4096-bit RSA key is ~52 lines).
+MAX_PEM_LINES = 1000
+MAX_PEM_CHARS = 1 << 20
+
+
+def _opens_block(line: str) -> bool:
+    """True when ``line`` starts a PEM private-key block that continues on the next lines."""
+    if "PRIVATE KEY" not in line:
+        return False
+    begin = None
+    for begin in _PEM_BEGIN_RE.finditer(line):
+        pass
+    if begin is None:
+        return False
+    rest = line[begin.end():].rstrip("\r\n")
+    return _PEM_END_RE.search(rest) is None and _PEM_BODY_RE.fullmatch(rest) is not None
+
+
+def _scrub_line(line: str, pii: bool) -> str:
+    if line.endswith("\n"):
+        return scrub_text(line[:-1], pii=pii) + "\n"
+    return scrub_text(line, pii=pii)
+
+
+def scrub_stream(infile: IO, outfile: IO, *, pii: bool = False) -> int:
+    """Copy ``infile`` to ``outfile`` line by line, scrubbed; returns the number of lines read.
+
+    A multi-line PEM private-key block is buffered from its BEGIN line to its END line (at most
+    :data:`MAX_PEM_LINES` lines / :data:`MAX_PEM_CHARS` characters) and redacted as one; past the
+    bound, the rest of the block's body lines are dropped until its END line.
+    """
+    count = 0
+    buf: list[str] = []
+    size = 0
+    skipping = False
+    write = outfile.write
+    for line in infile:
+        count += 1
+        if isinstance(line, (bytes, bytearray)):
+            line = bytes(line).decode("utf-8", errors="replace")
+        if skipping:
+            end = _PEM_END_RE.search(line)
+            if end is not None:
+                skipping = False
+                write(_scrub_line(line[end.end():], pii))
+                continue
+            if _PEM_BODY_RE.fullmatch(line.rstrip("\r\n")):
+                continue
+            skipping = False
+        if buf:
+            if _PEM_END_RE.search(line):
+                buf.append(line)
+                write(scrub_text("".join(buf), pii=pii))
+                buf, size = [], 0
+                continue
+            if _PEM_BODY_RE.fullmatch(line.rstrip("\r\n")):
+                buf.append(line)
+                size += len(line)
+                if len(buf) >= MAX_PEM_LINES or size >= MAX_PEM_CHARS:
+                    write(scrub_text("".join(buf), pii=pii))
+                    buf, size = [], 0
+                    skipping = True
+                continue
+            # The block's body ended without an END line: flush it, then treat this line normally.
+            write(scrub_text("".join(buf), pii=pii))
+            buf, size = [], 0
+        if _opens_block(line):
+            buf, size = [line], len(line)
+            continue
+        write(_scrub_line(line, pii))
+    if buf:
+        write(scrub_text("".join(buf), pii=pii))
+    flush = getattr(outfile, "flush", None)
+    if flush is not None:
+        try:
+            flush()
+        except Exception:  # noqa: BLE001 - e.g. a closed pipe; nothing more to say
+            pass
+    return count
