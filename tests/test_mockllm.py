@@ -383,13 +383,17 @@ def test_expensive_reports_huge_usage_and_stays_valid_json(client):
         ("qa_verdict", {"goal": "fizzbuzz [mock:expensive]",
                         "sandbox": {"outcome": "ok", "exit_code": 0}}),
     ]:
-        completion = ask(client, schema, data, max_tokens=50)
+        completion = ask(client, schema, data, max_tokens=None)
         assert completion.usage.completion_tokens == 200_000
         assert completion.choices[0].finish_reason == "stop"
         text = completion.choices[0].message.content
         assert len(text) > 40_000
         json.loads(text)
-    completion = ask(client, "coo_plan", {"goal": "fizzbuzz [mock:expensive=1000000]"})
+        # with max_tokens, it runs to the cap and is cut off: never billed past it
+        capped = ask(client, schema, data, max_tokens=500)
+        assert capped.usage.completion_tokens == 500 and capped.choices[0].finish_reason == "length"
+        assert len(capped.choices[0].message.content) <= 500 * 4
+    completion = ask(client, "coo_plan", {"goal": "fizzbuzz [mock:expensive=1000000]"}, max_tokens=None)
     assert completion.usage.completion_tokens == 1_000_000
 
 

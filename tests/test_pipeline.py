@@ -92,7 +92,8 @@ def test_expensive_mission_ends_budget_exceeded_without_overspend(stack):
     mission_scope = next(s for s in status.scopes if s.key == m["mission_id"])
     # Reservations are worst case: nothing refused ever went out, and nothing is left reserved.
     assert mission_scope.reserved_usd == pytest.approx(0, abs=1e-9)
-    assert mission_scope.spent_usd <= mission_scope.limit_usd + 1e-9
+    assert 0 < mission_scope.spent_usd <= mission_scope.limit_usd + 1e-9
+    assert done["cost_usd"] == pytest.approx(mission_scope.spent_usd, rel=1e-6)
 
 
 def test_pause_stops_progress_and_resume_continues(stack):

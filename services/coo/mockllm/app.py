@@ -390,8 +390,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             n_completion = max(1, estimate_tokens(answer_text))
             finish_reason = "stop"
             if sc.expensive is not None:
+                # A provider never bills past max_tokens: with a cap the answer runs to it and is
+                # cut off (finish_reason "length"); without one it reports the huge usage.
                 n_completion = max(sc.expensive, n_completion)
-            elif req.max_tokens is not None and n_completion > req.max_tokens:
+            if req.max_tokens is not None and n_completion > req.max_tokens:
                 answer_text = answer_text[: req.max_tokens * CHARS_PER_TOKEN]
                 n_completion = req.max_tokens
                 finish_reason = "length"

@@ -6,7 +6,7 @@ Syntax, anywhere in the goal (it passes through every role's input)::
     [mock:flaky]               the engineer's attempt 1 is the buggy version
     [mock:http-error]          the first request per goal+schema answers HTTP 500 once
     [mock:http-error=CODE]     ... with CODE instead (429, 500, 502, 503 or 504)
-    [mock:expensive]           a very long answer reporting 200 000 completion tokens
+    [mock:expensive]           a very long answer: 200 000 completion tokens, or max_tokens (cut off) when capped
     [mock:expensive=TOKENS]    ... reporting TOKENS instead
     [mock:echo-secret]         answers echo a fixed fake API key (DEFAULT_SECRET)
     [mock:echo-secret=VALUE]   ... echo VALUE instead
