@@ -208,3 +208,30 @@ def test_bad_api_input_gets_clear_4xx(stack):
         assert c.get("/v1/missions", params={"status": "nonsense"}).status_code == 422
         assert c.get("/v1/missions", params={"limit": 0}).status_code == 422
         assert c.get("/openapi.json").json()["info"]["title"] == "COO orchestrator"
+
+
+def test_coo_run_waits_and_prints_json(stack):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "COO_API_URL": stack.url("orchestrator"), "COO_API_TOKEN": TEST_TOKEN}
+    coo = [sys.executable, "-m", "coo.cli"]
+    res = subprocess.run([*coo, "run", "write a FizzBuzz function with tests", "--wait", "--json", "--budget", "0.5"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["status"] == "completed" and out["cost_usd"] > 0 and re.fullmatch(r"[0-9a-f]{32}", out["trace_id"])
+    assert stack.mission(out["mission_id"])["budget_usd"] == 0.5
+
+    human = subprocess.run([*coo, "run", "write a word counter", "--wait"], capture_output=True, text=True, env=env,
+                           timeout=120)
+    assert human.returncode == 0, human.stderr
+    assert "completed" in human.stdout and "trace" in human.stdout and "cost $" in human.stdout
+
+    bad = subprocess.run([*coo, "run", "x"], capture_output=True, text=True, timeout=60,
+                         env={**env, "COO_API_TOKEN": "wrong"})
+    assert bad.returncode == 1 and "invalid token" in bad.stderr and "Traceback" not in bad.stderr
+    down = subprocess.run([*coo, "run", "x"], capture_output=True, text=True, timeout=60,
+                          env={**env, "COO_API_URL": "http://127.0.0.1:9"})
+    assert down.returncode == 1 and "not reachable" in down.stderr

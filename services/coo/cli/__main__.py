@@ -1,0 +1,6 @@
+"""python -m coo.cli"""
+
+from coo.cli.main import run
+
+if __name__ == "__main__":
+    run()
