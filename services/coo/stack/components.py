@@ -69,8 +69,7 @@ def tool_path(tool: str) -> tuple[str | None, str]:
     script = REPO_ROOT / "scripts" / "build-tools.sh"
     if not script.exists():
         return None, "scripts/build-tools.sh is missing"
-    res = subprocess.run(["bash", str(script), "--print-path", tool, "--no-build"],
-                         capture_output=True, text=True)
+    res = subprocess.run(["bash", str(script), "--cached-path", tool], capture_output=True, text=True)
     path = res.stdout.strip()
     if res.returncode == 0 and path and Path(path).exists():
         return path, ""
@@ -119,7 +118,11 @@ def components(s: StackSettings | None = None) -> list[Component]:
         "COO_OTELCOL_OTLP_HTTP": f"{s.host}:{s.otelcol_otlp_http_port}",
         "COO_OTELCOL_PROM_EXPORTER": f"{s.host}:{s.otelcol_prom_exporter_port}",
         "COO_OTELCOL_HEALTH": f"{s.host}:{s.otelcol_health_port}",
-        "COO_OTELCOL_METRICS": f"{s.host}:{s.otelcol_metrics_port}",
+        "COO_OTELCOL_METRICS_HOST": s.host,
+        "COO_OTELCOL_METRICS_PORT": str(s.otelcol_metrics_port),
+        **{f"COO_SCRAPE_{name.upper()}": f"[{s.host}:{port}]" for name, port in (
+            ("orchestrator", s.orchestrator_port), ("agent", s.agent_port), ("budget", s.budget_port),
+            ("sandbox", s.sandbox_port), ("mockllm", s.mockllm_port))},
         "COO_JAEGER_OTLP_GRPC": f"{s.host}:{s.jaeger_otlp_grpc_port}",
         "COO_AUDIT_LOG": common_env["COO_AUDIT_LOG"],
     }
