@@ -37,3 +37,9 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   "$VENV/bin/python" -m pip install -q -e '.[dev]'
   echo "$want" > "$stamp"
 fi
+
+# --- Go-built tools: the OpenTelemetry Collector and Jaeger (cached outside the repo by manifest
+# hash; a first build takes many minutes and says so, later calls take a fraction of a second) ---
+if [ "${COO_SKIP_TOOL_BUILD:-}" = "" ]; then
+  bash scripts/build-tools.sh all >&2
+fi
