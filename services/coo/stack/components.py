@@ -35,6 +35,9 @@ class StackSettings(BaseSettings):
     jaeger_query_port: int = 16686
     jaeger_otlp_grpc_port: int = 14317
     jaeger_otlp_http_port: int = 14318
+    jaeger_query_grpc_port: int = 16685
+    jaeger_health_port: int = 13134
+    jaeger_metrics_port: int = 14269
     prometheus_port: int = 9090
     alertmanager_port: int = 9093
     orchestrator_port: int = 8080
@@ -139,10 +142,15 @@ def components(s: StackSettings | None = None) -> list[Component]:
         health_url=s.url(s.jaeger_query_port, "/api/services"), url=s.url(s.jaeger_query_port),
         env={"COO_JAEGER_OTLP_GRPC": f"{s.host}:{s.jaeger_otlp_grpc_port}",
              "COO_JAEGER_OTLP_HTTP": f"{s.host}:{s.jaeger_otlp_http_port}",
-             "COO_JAEGER_QUERY": f"{s.host}:{s.jaeger_query_port}"},
+             "COO_JAEGER_QUERY": f"{s.host}:{s.jaeger_query_port}",
+             "COO_JAEGER_QUERY_GRPC": f"{s.host}:{s.jaeger_query_grpc_port}",
+             "COO_JAEGER_HEALTH": f"{s.host}:{s.jaeger_health_port}",
+             "COO_JAEGER_METRICS_HOST": s.host, "COO_JAEGER_METRICS_PORT": str(s.jaeger_metrics_port)},
         priority=120, missing=why_jaeger,
     ))
-    prom_cfg = REPO_ROOT / "observability/prometheus/prometheus.yml"
+    from coo.stack import render
+
+    prom_cfg = render.prometheus_config_path(state)  # rendered by prepare() from observability/prometheus
     prom_bin = shutil.which("prometheus") or "/usr/bin/prometheus"
     out.append(Component(
         name="prometheus", kind="telemetry",
@@ -150,20 +158,28 @@ def components(s: StackSettings | None = None) -> list[Component]:
                  f"--web.listen-address={s.host}:{s.prometheus_port}", "--enable-feature=exemplar-storage",
                  "--web.enable-lifecycle", "--storage.tsdb.retention.time=7d"],
         health_url=s.url(s.prometheus_port, "/-/ready"), url=s.url(s.prometheus_port), priority=200,
-        missing="" if Path(prom_bin).exists() and prom_cfg.exists() else
-        "prometheus (Debian package) or observability/prometheus/prometheus.yml is missing",
+        missing="" if Path(prom_bin).exists() else "prometheus is not installed (Debian package prometheus)",
     ))
-    am_cfg = REPO_ROOT / "observability/alertmanager/alertmanager.yml"
+    am_cfg = render.alertmanager_config_path(state)  # rendered by prepare()
     am_bin = shutil.which("prometheus-alertmanager") or "/usr/bin/prometheus-alertmanager"
     out.append(Component(
         name="alertmanager", kind="telemetry",
         command=[am_bin, f"--config.file={am_cfg}", f"--storage.path={state / 'alertmanager'}",
                  f"--web.listen-address={s.host}:{s.alertmanager_port}", "--cluster.listen-address="],
         health_url=s.url(s.alertmanager_port, "/-/ready"), url=s.url(s.alertmanager_port), priority=200,
-        missing="" if Path(am_bin).exists() and am_cfg.exists() else
-        "prometheus-alertmanager (Debian package) or observability/alertmanager/alertmanager.yml is missing",
+        missing="" if Path(am_bin).exists() else
+        "prometheus-alertmanager is not installed (Debian package prometheus-alertmanager)",
     ))
     for name, port in (("mockllm", s.mockllm_port), ("budget", s.budget_port), ("sandbox", s.sandbox_port),
                        ("agent", s.agent_port), ("orchestrator", s.orchestrator_port)):
         out.append(_python_service(name, f"coo.{name}", port, s, common_env))
     return out
+
+
+def prepare(s: StackSettings) -> None:
+    """Write the per-stack copies of the configs that cannot read environment variables
+    (Prometheus 2.42 and Alertmanager 0.25): targets and webhook point at this stack's ports."""
+    from coo.stack import render
+
+    render.write_prometheus_config(s.state, render.local_prometheus_targets(s))
+    render.write_alertmanager_config(s.state, s.url(s.orchestrator_port), s.state / "data" / "api-token")

@@ -20,14 +20,17 @@ stack writes copies with its own addresses into its state dir:
   :func:`write_prometheus_targets` rewrites just the targets (Prometheus re-reads them by
   itself, no reload needed).
 
-How the stack uses it (``services/coo/stack/components.py``)::
+How the stack uses it (``services/coo/stack/components.py`` names the paths, ``coo up`` writes
+the files before it starts Prometheus and Alertmanager)::
 
     from coo.stack import render
 
-    prom_cfg = render.write_prometheus_config(s.state, render.local_prometheus_targets(s))
-    am_cfg = render.write_alertmanager_config(
-        s.state, s.url(s.orchestrator_port), s.state / "data" / "api-token")
-    # prometheus ... --config.file={prom_cfg};  prometheus-alertmanager --config.file={am_cfg}
+    # components(): the command lines
+    f"--config.file={render.prometheus_config_path(s.state)}"
+    f"--config.file={render.alertmanager_config_path(s.state)}"
+    # coo up, before starting them (cheap and idempotent: safe at every start)
+    render.write_prometheus_config(s.state, render.local_prometheus_targets(s))
+    render.write_alertmanager_config(s.state, s.url(s.orchestrator_port), s.state / "data" / "api-token")
 
 Every file is written atomically (temporary file + rename), so a watcher never reads half a file.
 ``python -m coo.stack.render --state-dir var/stack`` does the same from a shell.
@@ -119,12 +122,17 @@ def render_alertmanager_config(orchestrator_url: str, token_file: str | os.PathL
     return _GENERATED.format(source=_shown(source)) + _dump(doc)
 
 
+def alertmanager_config_path(state_dir: str | os.PathLike[str]) -> Path:
+    """Where :func:`write_alertmanager_config` writes (for ``--config.file``), without writing."""
+    return Path(state_dir) / "config" / "alertmanager.yml"
+
+
 def write_alertmanager_config(state_dir: str | os.PathLike[str], orchestrator_url: str,
                               token_file: str | os.PathLike[str]) -> Path:
     """Write :func:`render_alertmanager_config` to ``<state_dir>/config/alertmanager.yml``; returns
-    the path for ``--config.file``."""
-    path = Path(state_dir) / "config" / "alertmanager.yml"
-    return _atomic_write(path, render_alertmanager_config(orchestrator_url, token_file))
+    the path for ``--config.file``. Alertmanager starts without the token file; it is read at
+    each notification, so the orchestrator may write it later."""
+    return _atomic_write(alertmanager_config_path(state_dir), render_alertmanager_config(orchestrator_url, token_file))
 
 
 # -------------------------------------------------------------------------------- Prometheus
@@ -176,14 +184,19 @@ def render_prometheus_config(*, source: Path = PROMETHEUS_CONFIG) -> str:
     return _GENERATED.format(source=_shown(source)) + _dump(doc)
 
 
+def prometheus_config_path(state_dir: str | os.PathLike[str]) -> Path:
+    """Where :func:`write_prometheus_config` writes (for ``--config.file``), without writing."""
+    return Path(state_dir) / "config" / "prometheus" / "prometheus.yml"
+
+
 def write_prometheus_config(state_dir: str | os.PathLike[str],
                             targets: Mapping[str, Sequence[str]] | None = None) -> Path:
     """Write ``<state_dir>/config/prometheus/prometheus.yml`` (:func:`render_prometheus_config`)
     and its ``targets/<job>.json`` (``targets``, default :func:`local_prometheus_targets`);
     returns the config path for ``--config.file``."""
-    conf_dir = Path(state_dir) / "config" / "prometheus"
-    write_prometheus_targets(conf_dir / "targets", local_prometheus_targets() if targets is None else targets)
-    return _atomic_write(conf_dir / "prometheus.yml", render_prometheus_config())
+    path = prometheus_config_path(state_dir)
+    write_prometheus_targets(path.parent / "targets", local_prometheus_targets() if targets is None else targets)
+    return _atomic_write(path, render_prometheus_config())
 
 
 def _shown(path: Path) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from supervisor.xmlrpc import SupervisorTransport
 
-from coo.stack.components import Component, StackSettings, components
+from coo.stack.components import Component, StackSettings, components, prepare
 
 
 @dataclass
@@ -89,6 +89,7 @@ def running(s: StackSettings) -> bool:
 
 
 def start(s: StackSettings, parts: list[Component]) -> None:
+    prepare(s)
     conf = write_config(s, parts)
     if running(s):
         server = rpc(s).supervisor
