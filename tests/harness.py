@@ -15,6 +15,13 @@ import httpx
 from coo.common.natsserver import NatsServer, free_port
 from coo.stack.components import Component, StackSettings, components
 
+def _die_with_parent() -> None:
+    """A killed test run must not leave services behind: SIGKILL them when pytest dies."""
+    import ctypes
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 SERVICES = ("mockllm", "budget", "sandbox", "agent", "orchestrator")
 TEST_TOKEN = "test-token-" + "x" * 20
 
@@ -56,7 +63,7 @@ class ServiceStack:
             c = self.parts[n]
             log = open(self.root / "logs" / f"{n}.log", "ab")
             self.procs[n] = subprocess.Popen(c.command, stdout=log, stderr=subprocess.STDOUT, env=self._env(c),
-                                             start_new_session=True)
+                                             start_new_session=True, preexec_fn=_die_with_parent)
             log.close()
         for n in names:
             self.wait_healthy(n, timeout)

@@ -13,6 +13,7 @@ from opentelemetry import trace
 
 from coo.common import topology
 from coo.common.bus import Bus
+from coo.common.scrub import scrub_text
 from coo.common.telemetry import get_logger
 from coo.v1 import mission_pb2, timeline_pb2
 
@@ -28,10 +29,11 @@ def new_event(mission_id: str, type_: str, message: str, *, service: str,
               attributes: dict[str, str] | None = None) -> timeline_pb2.TimelineEvent:
     at = Timestamp()
     at.GetCurrentTime()
+    # The timeline is a sink like any log: what it says passes the scrubber first.
     event = timeline_pb2.TimelineEvent(
         event_id=uuid.uuid4().hex, mission_id=mission_id, type=type_, at=at, service=service,
-        message=message, status=status, level=level,
-        attributes={k: str(v) for k, v in (attributes or {}).items()},
+        message=scrub_text(message), status=status, level=level,
+        attributes={k: scrub_text(str(v)) for k, v in (attributes or {}).items()},
     )
     ctx = trace.get_current_span().get_span_context()
     if ctx.is_valid:
