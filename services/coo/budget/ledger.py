@@ -44,10 +44,12 @@ release   CAS the record ->releasing, per scope "unless closed: drop ``open[id]`
           closed", then finalize.
 finalize  write ``done.<id>`` (CAS; a settled record is never overwritten) and purge
           ``res.<id>`` up to the revision this driver saw (a newer incarnation survives).
-expiry    a sweeper on every replica scans ``res.*``: expired pending/reserved records are
-          CASed to releasing (only one replica wins: counted in
+expiry    a sweeper on every replica scans ``res.*``: reserved records past ``expires_at``
+          (and pending ones whose reserve died half-way) are CASed to releasing (only one replica wins: counted in
           ``coo_budget_reservations_expired_total``) and released; settling/releasing records
           older than ``budget_stuck_seconds`` (a replica died mid-way) are driven to the end.
+periods   a reservation records its day and month keys when it is made; its settlement is
+          charged to those, even if it arrives after midnight UTC.
 late use  a settle after the reservation was released or expired (or never existed) still
           charges the actual cost: usage that happened is never dropped.
 """
@@ -110,6 +112,14 @@ def safe_id(value: str) -> str:
     return "=" + base64.urlsafe_b64encode(value.encode()).decode().rstrip("=")
 
 
+def unsafe_id(token: str) -> str:
+    """The id a key token stands for (inverse of :func:`safe_id`)."""
+    if not token.startswith("="):
+        return token
+    data = token[1:]
+    return base64.urlsafe_b64decode(data + "=" * (-len(data) % 4)).decode()
+
+
 def mission_key(mission_id: str) -> str:
     return f"mission.{safe_id(mission_id)}"
 
@@ -162,7 +172,7 @@ class ScopeState:
 
     @classmethod
     def new(cls, kv_key: str) -> "ScopeState":
-        return cls(scope=scope_of(kv_key), key=kv_key.split(".", 1)[1])
+        return cls(scope=scope_of(kv_key), key=unsafe_id(kv_key.split(".", 1)[1]))
 
     @classmethod
     def decode(cls, kv_key: str, data: bytes | None) -> "ScopeState":
@@ -659,6 +669,8 @@ class Ledger:
                 break
             except Conflict:
                 continue
+        else:   # leave res.<id> in place: the sweeper finishes it later
+            raise LedgerBusy(f"{key} contended")
         await self._purge(res_key(rec.id), rev)
         return final
 
@@ -848,8 +860,11 @@ class Ledger:
             try:
                 if rec.state in (PENDING, RESERVED):
                     deadline = rec.expires_at
-                    if rec.state == PENDING:   # a reserve still running gets time to finish
-                        deadline = max(deadline, rec.created_at + self.settings.budget_stuck_seconds)
+                    if rec.state == PENDING:
+                        # nothing granted yet: a reserve still running gets time to finish (it
+                        # takes at most three contended compare-and-sets); older means its replica died
+                        deadline = rec.created_at + self.settings.budget_stuck_seconds + \
+                            3 * self.settings.budget_cas_deadline_seconds
                     if now < deadline:
                         continue
                     rec.state, rec.reason, rec.updated_at = RELEASING, "expired", now

@@ -98,6 +98,9 @@ class BudgetService:
     async def start(cls, bus: Bus, settings: BudgetSettings, *, background: bool = True) -> "BudgetService":
         ledger = await Ledger.open(bus.js, settings, Pricing.from_settings(settings))
         svc = cls(bus, settings, ledger)
+        for scope in ("mission", "daily", "monthly"):
+            # exported at 0 from the start, so the alert's increase() sees the first refusal
+            metrics.BUDGET_EXCEEDED.labels(scope)
         await bus.serve("budget", svc.endpoints(), description="budget: reserve, settle, release, limits")
         if background:
             svc._tasks.append(asyncio.create_task(svc._every(settings.budget_sweep_interval_seconds, svc.sweep_once),
