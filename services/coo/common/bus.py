@@ -167,6 +167,7 @@ class Bus:
         self._tasks: list[asyncio.Task] = []
         self._micro: list[nats.micro.Service] = []
         self._closing = asyncio.Event()
+        self._requests: set[asyncio.Task] = set()
 
     # ------------------------------------------------------------------ connection
     @classmethod
@@ -213,8 +214,8 @@ class Bus:
                 await svc.stop()
             except Exception:  # noqa: BLE001
                 pass
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks or self._requests:
+            await asyncio.gather(*self._tasks, *self._requests, return_exceptions=True)
         if not self.nc.is_closed:
             try:
                 await self.nc.drain()
@@ -414,9 +415,22 @@ class Bus:
         svc = await nats.micro.add_service(self.nc, name=name, version=version, description=description)
         for subject, (request_cls, fn) in endpoints.items():
             await svc.add_endpoint(name=subject.rsplit(".", 1)[-1], subject=subject,
-                                   handler=self._endpoint_handler(subject, request_cls, fn))
+                                   handler=self._concurrent(self._endpoint_handler(subject, request_cls, fn)))
         self._micro.append(svc)
         return svc
+
+    def _concurrent(self, handle, limit: int = 64):
+        """nats.micro awaits each request before reading the next: run them as tasks instead,
+        bounded, so one slow request does not stall the endpoint."""
+        slots = asyncio.Semaphore(limit)
+
+        async def spawn(req: Request) -> None:
+            await slots.acquire()
+            task = asyncio.create_task(handle(req))
+            self._requests.add(task)
+            task.add_done_callback(lambda t: (self._requests.discard(t), slots.release()))
+
+        return spawn
 
     def _endpoint_handler(self, subject: str, request_cls: type[Message], fn):
         accepted = {type_name(request_cls): request_cls}
