@@ -175,3 +175,21 @@ async def test_request_reply_over_micro(bus, spans):
     assert server and client
     assert server[0].parent.span_id == client[0].context.span_id
     assert server[0].attributes["mission.id"] == "m-5"
+
+
+def test_metrics_endpoint_speaks_prometheus_and_openmetrics():
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from coo.common import metrics
+    from coo.common.service import add_ops_routes
+
+    metrics.SANDBOX_SECONDS.labels("test").observe(0.5, {"trace_id": "a" * 32})
+    app = FastAPI()
+    add_ops_routes(app, {}, "test")
+    client = TestClient(app)
+    text = client.get("/metrics")
+    assert text.status_code == 200 and "coo_sandbox_run_duration_seconds_bucket" in text.text
+    om = client.get("/metrics", headers={"Accept": "application/openmetrics-text;version=1.0.0"})
+    assert om.status_code == 200 and om.headers["content-type"].startswith("application/openmetrics-text")
+    assert 'trace_id="' + "a" * 32 + '"' in om.text and om.text.rstrip().endswith("# EOF")

@@ -18,9 +18,8 @@ from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_TYPE
-from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+from prometheus_client import REGISTRY
+from prometheus_client.exposition import choose_encoder
 from starlette.requests import Request
 
 from coo.common.bus import Bus
@@ -46,10 +45,8 @@ class ServiceContext:
 
 def metrics_response(request: Request) -> Response:
     """Prometheus text, or OpenMetrics (which carries exemplars) when the scraper asks for it."""
-    accept = request.headers.get("accept", "")
-    if "application/openmetrics-text" in accept:
-        return Response(generate_openmetrics(), media_type=OPENMETRICS_TYPE)
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    encoder, content_type = choose_encoder(request.headers.get("accept", ""))
+    return Response(encoder(REGISTRY), headers={"Content-Type": content_type})
 
 
 def add_ops_routes(app: FastAPI, checks: dict[str, ReadinessCheck], service: str) -> None:
