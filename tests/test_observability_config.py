@@ -229,18 +229,19 @@ def _known_metrics() -> dict[str, set[str] | None]:
                 known[f"{name}_count"] = known[f"{name}_sum"] = labels
             else:
                 known[name] = labels
-    # The collector's own telemetry as collector v0.159 exposes it (counters without _total, no
-    # unit suffixes; checked against the built otelcol-coo), labels as it sets them.
+    # The collector's own telemetry as our config makes v0.159 expose it (service::telemetry
+    # with the type and unit suffixes kept: _total, _bytes; checked against the built otelcol-coo).
     for sig in ("spans", "metric_points", "log_records"):
         for what in ("receiver_accepted", "receiver_refused", "receiver_failed"):
-            known[f"otelcol_{what}_{sig}"] = {"job", "instance", "receiver", "transport"}
+            known[f"otelcol_{what}_{sig}_total"] = {"job", "instance", "receiver", "transport"}
         for what in ("exporter_sent", "exporter_send_failed", "exporter_enqueue_failed"):
-            known[f"otelcol_{what}_{sig}"] = {"job", "instance", "exporter"}
+            known[f"otelcol_{what}_{sig}_total"] = {"job", "instance", "exporter"}
     for name in ("otelcol_exporter_queue_size", "otelcol_exporter_queue_capacity"):
         known[name] = {"job", "instance", "exporter", "data_type"}
-    for name in ("otelcol_processor_incoming_items", "otelcol_processor_outgoing_items"):
+    for name in ("otelcol_processor_incoming_items_total", "otelcol_processor_outgoing_items_total"):
         known[name] = {"job", "instance", "processor", "otel_signal"}
-    for name in ("otelcol_process_memory_rss", "otelcol_process_cpu_seconds", "otelcol_process_uptime"):
+    for name in ("otelcol_process_memory_rss_bytes", "otelcol_process_cpu_seconds_total",
+                 "otelcol_process_uptime_seconds_total"):
         known[name] = {"job", "instance"}
     for name in (# spanmetrics connector (namespace traces.span.metrics, histogram unit ms); labels:
                  # service_name, span_name, span_kind, status_code and the configured dimensions

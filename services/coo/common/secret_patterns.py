@@ -19,9 +19,12 @@ tests/test_scrub.py, also against Go's own ``regexp`` when a Go toolchain is pre
   line by line and ``coo scrub`` stream.
 * A pattern may carry the named groups ``pre`` and ``post``: context that is kept (the key name,
   the URL scheme and user, the ``@``). The rest of the match is the secret, replaced by
-  ``[REDACTED:<kind>]``. Patterns are applied one after the other, in table order; the output
-  marker never matches a later pattern, and a key/value pattern re-applied to its own marker
-  produces the same marker, so scrubbing is idempotent.
+  ``[REDACTED:<kind>]``. Patterns are applied one after the other, in table order.
+* Idempotence (``scrub(scrub(x)) == scrub(x)``): no pattern matches a marker, except key/value
+  patterns, which turn their own marker into the same marker; and a marker must not open a new
+  match next to it, so a token pattern anchored by ``\\b`` ends with an open-ended run that covers
+  every letter and digit (``{n,}``) or with ``\\b``: it never stops inside a word whose rest a
+  marker's ``]`` would turn into a fresh start. The e-mail pattern does not start after ``]``.
 
 Key/value rule (documented in the module docs of :mod:`coo.common.scrub` too): a key *names a
 secret* when it ENDS with one of :data:`_KEY_WORDS` (case-insensitive, ``-``/``_``/``.`` between
@@ -169,10 +172,10 @@ PATTERN_SPECS: tuple[PatternSpec, ...] = (
                 ("--",)),
     PatternSpec("aws_secret_key", "aws_secret_key",       # aws_secret_whatever = <40 chars>
                 r"(?P<pre>(?i:aws)[A-Za-z0-9_.-]{0,32}(?i:secret)[A-Za-z0-9_.-]{0,32}" + _KEY_QUOTE + _SEP
-                + r"(?:\\?[\"'])?)(?P<secret>[A-Za-z0-9/+=]{40})",
+                + r"(?:\\?[\"'])?)(?P<secret>[A-Za-z0-9/+=]{40,})",
                 None, gate=r"aws[a-z0-9_.-]{0,32}secret", gate_at_start=True),
     PatternSpec("bearer_token", "bearer_token",
-                r"(?P<pre>\b[Bb]earer[ \t]+)(?P<secret>[A-Za-z0-9._~+/-]{16,}=*)",
+                r"(?P<pre>\b[Bb]earer[ \t]+)(?P<secret>[A-Za-z0-9_.~+/-]{16,}=*)",
                 ("bearer",)),
     PatternSpec("slack_webhook", "slack_webhook",
                 r"(?P<pre>\bhooks\.slack\.com/(?:services|workflows|triggers)/)(?P<secret>[A-Za-z0-9+/_-]{8,})",
@@ -184,27 +187,27 @@ PATTERN_SPECS: tuple[PatternSpec, ...] = (
     PatternSpec("aws_access_key", "aws_access_key",
                 r"\b(?:AKIA|ASIA|ABIA|ACCA|A3T[A-Z0-9])[A-Z0-9]{16}\b",
                 ("akia", "asia", "abia", "acca", "a3t")),
-    PatternSpec("gcp_api_key", "gcp_api_key", r"\bAIza[0-9A-Za-z_-]{35,64}", ("aiza",)),
+    PatternSpec("gcp_api_key", "gcp_api_key", r"\bAIza[0-9A-Za-z_-]{35,}", ("aiza",)),
     PatternSpec("google_oauth", "google_oauth",
                 r"\b(?:ya29\.[0-9A-Za-z_-]{20,}|GOCSPX-[0-9A-Za-z_-]{20,})", ("ya29.", "gocspx-")),
     PatternSpec("azure_client_secret", "azure_client_secret",
-                r"[A-Za-z0-9_~.]{3}[0-9]Q~[A-Za-z0-9_~.-]{31,34}", ("q~",)),
+                r"\b[A-Za-z0-9_~.]{3}[0-9]Q~[A-Za-z0-9_~.-]{31,}", ("q~",)),
     PatternSpec("github_token", "github_token",
-                r"\b(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{22,255})",
+                r"\b(?:gh[pousr]_[A-Za-z0-9_]{36,}|github_pat_[A-Za-z0-9_]{22,})",
                 ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_")),
     PatternSpec("gitlab_token", "gitlab_token",
                 r"\b(?:glpat|gldt|glrt|glptt|glcbt|glft|glimt|glagent|gloas|glsoat|glffct)-[0-9A-Za-z_.-]{20,}",
                 ("glpat-", "gldt-", "glrt-", "glptt-", "glcbt-", "glft-", "glimt-", "glagent-", "gloas-",
                  "glsoat-", "glffct-")),
     PatternSpec("slack_token", "slack_token",
-                r"\b(?:xox[abeoprs]-[0-9A-Za-z-]{10,}|xapp-[0-9]-[0-9A-Za-z-]{10,})", ("xox", "xapp-")),
+                r"\b(?:xox[abeoprs]-[0-9A-Za-z_-]{10,}|xapp-[0-9]-[0-9A-Za-z_-]{10,})", ("xox", "xapp-")),
     PatternSpec("discord_token", "discord_token",
-                r"\b[MNO][A-Za-z0-9_-]{23,27}\.[A-Za-z0-9_-]{6}\.[A-Za-z0-9_-]{27,40}", None, (".",),
+                r"\b[MNO][A-Za-z0-9_-]{23,27}\.[A-Za-z0-9_-]{6}\.[A-Za-z0-9_-]{27,}", None, (".",),
                 gate=r"\.[a-z0-9_-]{6}\."),
-    PatternSpec("telegram_bot_token", "telegram_bot_token", r"\b[0-9]{5,16}:AA[0-9A-Za-z_-]{33,40}", None,
+    PatternSpec("telegram_bot_token", "telegram_bot_token", r"\b[0-9]{5,16}:AA[0-9A-Za-z_-]{33,}", None,
                 gate=r":aa[a-z0-9_-]{33}"),
     PatternSpec("anthropic_key", "anthropic_key", r"\bsk-ant-[A-Za-z0-9_-]{20,}", ("sk-ant-",)),
-    PatternSpec("openrouter_key", "openrouter_key", r"\bsk-or-v1-[A-Za-z0-9]{20,}", ("sk-or-",)),
+    PatternSpec("openrouter_key", "openrouter_key", r"\bsk-or-v1-[A-Za-z0-9_-]{20,}", ("sk-or-",)),
     PatternSpec("openai_key", "openai_key",
                 r"\bsk-(?:(?:proj|svcacct|admin|None)-[A-Za-z0-9_-]{16,}|[A-Za-z0-9]{20}[A-Za-z0-9_-]*)",
                 ("sk-",)),
@@ -217,7 +220,7 @@ PATTERN_SPECS: tuple[PatternSpec, ...] = (
                 r"\b(?:[sr]k_(?:live|test|prod)_[A-Za-z0-9]{10,}|pk_live_[A-Za-z0-9]{10,})",
                 ("k_live_", "k_test_", "k_prod_")),
     PatternSpec("stripe_webhook_secret", "stripe_webhook_secret", r"\bwhsec_[A-Za-z0-9+/=]{20,}", ("whsec_",)),
-    PatternSpec("sendgrid_key", "sendgrid_key", r"\bSG\.[A-Za-z0-9_-]{16,32}\.[A-Za-z0-9_-]{16,64}", ("sg.",)),
+    PatternSpec("sendgrid_key", "sendgrid_key", r"\bSG\.[A-Za-z0-9_-]{16,32}\.[A-Za-z0-9_-]{16,}", ("sg.",)),
     PatternSpec("twilio_key", "twilio_key", r"\bSK[0-9a-fA-F]{32}\b", None, gate=r"sk[0-9a-f]{32}", gate_at_start=True),
     PatternSpec("npm_token", "npm_token", r"\bnpm_[A-Za-z0-9]{36,}", ("npm_",)),
     PatternSpec("pypi_token", "pypi_token", r"\bpypi-AgE[A-Za-z0-9_-]{50,}", ("pypi-age",)),
@@ -226,7 +229,7 @@ PATTERN_SPECS: tuple[PatternSpec, ...] = (
                 r"|dapi[a-f0-9]{32}|shp(?:at|ca|pa|ss)_[a-fA-F0-9]{32}|lin_api_[A-Za-z0-9]{40}"
                 r"|PMAK-[a-fA-F0-9]{24}-[a-fA-F0-9]{34}|pul-[a-f0-9]{40}|rubygems_[a-f0-9]{48}"
                 r"|sntry[us]_[A-Za-z0-9+/=_]{40,}|gl(?:c|sa)_[A-Za-z0-9+/=_]{32,}|dp\.pt\.[A-Za-z0-9]{43}"
-                r"|NRAK-[A-Za-z0-9]{27})",
+                r"|NRAK-[A-Za-z0-9]{27})\b",
                 ("age-secret-key-1", "hvs.", "hvb.", "_v1_", "dapi", "shpat_", "shpca_", "shppa_", "shpss_",
                  "lin_api_", "pmak-", "pul-", "rubygems_", "sntryu_", "sntrys_", "glc_", "glsa_", "dp.pt.",
                  "nrak-")),
@@ -235,8 +238,10 @@ PATTERN_SPECS: tuple[PatternSpec, ...] = (
                 # the scan linear on "-eyJ-eyJ..."; payload and signature: base64url
                 r"\beyJ[A-Za-z0-9_]{8,}\.eyJ[A-Za-z0-9_-]{8,}(?:\.[A-Za-z0-9_-]*)?", ("eyj",)),
     # --- PII (pii=True only) ---------------------------------------------------------------
+    # e-mail: starts after a character that cannot be in the address (no look-behind in RE2),
+    # which keeps the scan linear; not after "]" so that a marker never starts a new address.
     PatternSpec("email", "email",
-                r"(?m)(?P<pre>^|[^A-Za-z0-9._%+\n-])(?P<secret>[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}"
+                r"(?m)(?P<pre>^|[^A-Za-z0-9._%+\n\]-])(?P<secret>[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}"
                 r"(?:\.[A-Za-z0-9-]{1,63}){0,8}\.[A-Za-z]{2,24})\b",
                 ("@",), pii=True),
     PatternSpec("ssn", "ssn", r"\b[0-9]{3}-[0-9]{2}-[0-9]{4}\b", ("-",), pii=True),

@@ -80,6 +80,8 @@ class Engine:
         # Every final status exists from the start at 0, so rate() and increase() see the first mission.
         for status in flow.FINAL:
             metrics.MISSIONS.labels(flow.status_name(status))
+        for reason in ("capacity", "budget"):
+            metrics.ADMISSION_REFUSED.labels(reason)
         self.kv = await self.bus.kv(topology.BUCKET_MISSIONS)
         self.bus.consume("orchestrator-agent-results", self._on_agent_result, [agent_pb2.AgentResult], concurrency=16)
         self.bus.consume("orchestrator-sandbox-results", self._on_sandbox_result, [sandbox_pb2.SandboxResult],
