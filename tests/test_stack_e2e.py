@@ -26,6 +26,8 @@ CANARIES = {
     "openai": "sk-proj-" + "Zc4n4ryT0ken" * 4,
     "password": "s3cr3t-canary-pw-9x",
 }
+REQUIRED_SPANS = {"invoke_workflow coo.mission", "invoke_agent coo", "invoke_agent engineer", "invoke_agent qa",
+                  "execute sandbox"}
 ECHO = "sk-proj-" + "EchoCanary0123456789" * 2 + "abcdefgh"
 
 
@@ -121,7 +123,8 @@ def _wait_trace(stack: Stack, mission_id: str, services=("orchestrator", "agent"
         traces = stack.traces_of(mission_id)
         if traces:
             seen = {traces[0]["processes"][s["processID"]]["serviceName"] for s in traces[0]["spans"]}
-            if set(services) <= seen:
+            names = {s["operationName"] for s in traces[0]["spans"]}
+            if set(services) <= seen and REQUIRED_SPANS <= names:
                 return traces
         assert time.monotonic() < deadline, f"trace of {mission_id} incomplete: {traces and seen}"
         time.sleep(1)
@@ -135,8 +138,7 @@ def _assert_one_intact_trace(traces: list[dict], *, allow_orphans: bool = False)
     assert len({s["traceID"] for s in spans}) == 1
     names = {s["operationName"] for s in spans}
     assert any(n.startswith("chat ") for n in names), names
-    assert {"invoke_workflow coo.mission", "invoke_agent coo", "invoke_agent engineer", "invoke_agent qa",
-            "execute sandbox"} <= names, names
+    assert REQUIRED_SPANS <= names, names
     by_id = {s["spanID"]: s for s in spans}
     for span in spans:
         kind = next((t["value"] for t in span["tags"] if t["key"] == "span.kind"), "")
@@ -204,14 +206,18 @@ def test_prometheus_has_the_metrics_and_every_dashboard_panel_returns_data(stack
         while not stack.prom(metric):
             assert time.monotonic() < deadline, f"{metric} never reached Prometheus"
             time.sleep(2)
-    empty = []
+    exprs = []
     for path in sorted((REPO_ROOT / "observability/grafana/dashboards").glob("*.json")):
-        board = json.loads(path.read_text())
-        for panel in _panels(board):
-            for target in panel.get("targets", []):
-                expr = target.get("expr")
-                if expr and not stack.prom(_instant(expr)):
-                    empty.append(f"{path.name}: {panel.get('title')}: {expr}")
+        for panel in _panels(json.loads(path.read_text())):
+            exprs += [(f"{path.name}: {panel.get('title')}", t["expr"]) for t in panel.get("targets", []) if t.get("expr")]
+    assert len(exprs) > 50
+    # rate() and increase() need two samples of a series: give the scrapes a little time
+    deadline = time.monotonic() + 60
+    while True:
+        empty = [f"{where}: {expr}" for where, expr in exprs if not stack.prom(_instant(expr))]
+        if not empty or time.monotonic() > deadline:
+            break
+        time.sleep(5)
     assert not empty, "panels without data:\n" + "\n".join(empty)
 
 

@@ -293,6 +293,7 @@ class Bus:
         """Start a pull loop on a durable consumer of ``topology``; returns its task."""
         spec = topology.consumers()[consumer]
         accepted_map = {type_name(cls): cls for cls in accepted}
+        metrics.BUS_REDELIVERIES.labels(topology.subject_template(spec.config.filter_subject))  # exported from 0
         task = asyncio.create_task(
             self._consume_loop(spec, handler, accepted_map, concurrency, fetch_timeout),
             name=f"consume:{consumer}",
