@@ -69,7 +69,7 @@ class Engine:
         self.bus = bus
         self.settings = settings
         self.policy = flow.Policy(max_retries=settings.max_retries, max_pending_work=settings.max_pending_work,
-                                  on_budget_exceeded=settings.budget_on_exceeded, max_tasks=settings.max_tasks)
+                                  on_budget_exceeded=settings.budget_on_exceeded)
         self.sandbox = flow.SandboxDefaults(settings.sandbox_timeout_seconds, settings.sandbox_memory_mb,
                                             settings.sandbox_cpu_seconds, settings.sandbox_max_output_bytes)
         self.kv = None

@@ -55,7 +55,6 @@ class Policy:
     max_retries: int = 2
     max_pending_work: int = 8
     on_budget_exceeded: str = "fail"   # or "pause"
-    max_tasks: int = 5
 
 
 @dataclass

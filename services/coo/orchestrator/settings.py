@@ -16,7 +16,6 @@ class OrchestratorSettings(CommonSettings):
     api_token: SecretStr | None = Field(None, description="bearer token for mutating API calls")
     api_token_file: Path | None = Field(None, description="file holding the token (default <data_dir>/api-token)")
     max_retries: int = Field(2, ge=0, le=10, description="engineer retries per task after a failed QA verdict")
-    max_tasks: int = Field(5, ge=1, le=50, description="tasks the COO agent may plan")
     require_approval: bool = Field(False, description="default of the approval gate after planning")
     max_pending_work: int = Field(8, ge=1, description="backpressure: a mission with more pending work is hard-paused")
     max_live_missions: int = Field(200, ge=1, description="admission: more live missions are refused (429)")
