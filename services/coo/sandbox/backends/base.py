@@ -246,3 +246,22 @@ def classify(
     if looks_like_memory_exhaustion(stderr_tail):
         return "memory"
     return "failed"
+
+
+def finished_outcome(backend: str, *, exit_code: int | None, signal: int | None, deadline_hit: bool,
+                     output_limited: bool, out: "OutputCapture", err: "OutputCapture", duration: float,
+                     cpu_seconds: int, oom_killed: bool = False) -> RunOutcome:
+    """The outcome of a run that ended (by itself or killed by us), the same for every backend."""
+    outcome = classify(exit_code=exit_code, signal=signal, deadline_hit=deadline_hit,
+                       output_limited=output_limited, stderr_tail=err.tail, duration=duration,
+                       cpu_seconds=cpu_seconds, oom_killed=oom_killed)
+    return RunOutcome(
+        outcome=outcome,
+        exit_code=None if (deadline_hit or output_limited) else exit_code,
+        stdout=out.text(),
+        stderr=err.text(),
+        stdout_truncated=out.truncated,
+        stderr_truncated=err.truncated,
+        duration_seconds=duration,
+        backend=backend,
+    )

@@ -53,7 +53,7 @@ from .base import (
     OutputCapture,
     RunOutcome,
     RunSpec,
-    classify,
+    finished_outcome,
     error_outcome,
     validate_spec,
 )
@@ -581,24 +581,10 @@ class BubblewrapBackend:
                 backend=NAME,
                 error=f"the sandbox could not start the command: {detail[-500:]}",
             )
-        outcome = classify(
-            exit_code=exit_code,
-            signal=signal_no,
-            deadline_hit=deadline_hit,
-            output_limited=output_limited,
-            stderr_tail=err.tail,
-            duration=duration,
+        return finished_outcome(
+            NAME, exit_code=exit_code, signal=signal_no, deadline_hit=deadline_hit,
+            output_limited=output_limited, out=out, err=err, duration=duration,
             cpu_seconds=spec.cpu_seconds,
-        )
-        return RunOutcome(
-            outcome=outcome,
-            exit_code=None if (deadline_hit or output_limited) else exit_code,
-            stdout=out.text(),
-            stderr=err.text(),
-            stdout_truncated=out.truncated,
-            stderr_truncated=err.truncated,
-            duration_seconds=duration,
-            backend=NAME,
         )
 
     @staticmethod

@@ -35,7 +35,7 @@ from .base import (
     OutputCapture,
     RunOutcome,
     RunSpec,
-    classify,
+    finished_outcome,
     error_outcome,
     validate_spec,
 )
@@ -255,23 +255,8 @@ class DockerBackend:
         if exit_code is None and not (deadline_hit or output_limited):
             return error_outcome(NAME, f"the container ended without a status: {status!r}",
                                  duration)
-        outcome = classify(
-            exit_code=exit_code,
-            signal=signal_no,
-            deadline_hit=deadline_hit,
-            output_limited=output_limited,
-            stderr_tail=err.tail,
-            duration=duration,
-            cpu_seconds=spec.cpu_seconds,
-            oom_killed=oom_killed,
-        )
-        return RunOutcome(
-            outcome=outcome,
-            exit_code=None if (deadline_hit or output_limited) else exit_code,
-            stdout=out.text(),
-            stderr=err.text(),
-            stdout_truncated=out.truncated,
-            stderr_truncated=err.truncated,
-            duration_seconds=duration,
-            backend=NAME,
+        return finished_outcome(
+            NAME, exit_code=exit_code, signal=signal_no, deadline_hit=deadline_hit,
+            output_limited=output_limited, out=out, err=err, duration=duration,
+            cpu_seconds=spec.cpu_seconds, oom_killed=oom_killed,
         )
