@@ -235,3 +235,32 @@ def test_coo_run_waits_and_prints_json(stack):
     down = subprocess.run([*coo, "run", "x"], capture_output=True, text=True, timeout=60,
                           env={**env, "COO_API_URL": "http://127.0.0.1:9"})
     assert down.returncode == 1 and "not reachable" in down.stderr
+
+
+def test_budget_alert_webhook_closes_admission_in_its_scope(stack):
+    import os
+    import subprocess
+    import sys
+
+    alert = {"version": "4", "status": "firing", "receiver": "coo-orchestrator", "alerts": [
+        {"status": "firing", "labels": {"alertname": "BudgetExceeded", "scope": "daily", "severity": "critical"},
+         "annotations": {"summary": "daily budget exceeded"}}]}
+    with stack.api() as api:
+        assert httpx.post(stack.url("orchestrator", "/v1/alerts"), json=alert, timeout=10).status_code == 401
+        resp = api.post("/v1/alerts", json=alert)
+        assert resp.status_code == 200 and resp.json()["changes"] == [{"scope": "daily", "admission": "closed"}]
+        status = api.get("/v1/status").json()
+        assert status["admission"] == "closed" and "daily" in status["blocked_scopes"]
+        refused = api.post("/v1/missions", json={"goal": "write a FizzBuzz function"})
+        assert refused.status_code == 429 and "daily budget is exhausted" in refused.json()["detail"]
+        assert refused.headers["Retry-After"]
+        env = {**os.environ, "COO_API_URL": stack.url("orchestrator")}
+        shown = subprocess.run([sys.executable, "-m", "coo.cli", "status"], capture_output=True, text=True,
+                               env=env, timeout=60)
+        assert "closed for the daily budget" in shown.stdout
+        events = api.get("/v1/system/timeline").json()["events"]
+        assert any(e["type"] == "admission.closed" and e["attributes"]["scope"] == "daily" for e in events)
+        resolved = {**alert, "status": "resolved", "alerts": [{**alert["alerts"][0], "status": "resolved"}]}
+        assert api.post("/v1/alerts", json=resolved).json()["changes"] == [{"scope": "daily", "admission": "open"}]
+        assert api.get("/v1/status").json()["admission"] == "open"
+        assert api.post("/v1/missions", json={"goal": "write a FizzBuzz function"}).status_code == 201

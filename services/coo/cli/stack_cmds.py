@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import time
 
+import httpx
 import typer
 from rich.live import Live
 from rich.table import Table
@@ -71,13 +72,32 @@ def down(json_out: bool = typer.Option(False, "--json", help="Machine-readable o
         console.print("stack stopped" if was_running else "the stack was not running")
 
 
+def _admission() -> dict | None:
+    """The orchestrator's admission state (closed scopes after a BudgetExceeded alert), if it answers."""
+    from coo.cli.client import api_url
+
+    try:
+        return httpx.get(api_url() + "/v1/status", timeout=2).json()
+    except (httpx.HTTPError, ValueError):
+        return None
+
+
 def status(json_out: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
-    """Every component of the stack with its health and URL."""
+    """Every component of the stack with its health and URL, and whether new missions are admitted."""
     rows = supervisor.status(StackSettings())
+    admission = _admission()
     if json_out:
-        emit_json({"components": [r.__dict__ for r in rows]})
+        emit_json({"components": [r.__dict__ for r in rows], "admission": admission})
+        return
+    console.print(_status_table(rows))
+    if admission is None:
+        console.print("admission: unknown (the orchestrator does not answer)")
+    elif admission["admission"] == "open":
+        console.print("admission: [green]open[/green]")
     else:
-        console.print(_status_table(rows))
+        for scope, block in admission["blocked_scopes"].items():
+            console.print(f"admission: [red]closed[/red] for the {scope} budget until {block['until']}"
+                          f" — {block.get('summary') or 'BudgetExceeded alert'}")
 
 
 def register(app: typer.Typer) -> None:

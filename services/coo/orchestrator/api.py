@@ -242,6 +242,14 @@ def create_api(engine: Engine, token: str) -> FastAPI:
         blocks = await engine.active_admission_blocks()
         return {"admission": "closed" if blocks else "open", "blocked_scopes": blocks}
 
+    @app.get("/v1/system/timeline")
+    async def system_timeline():
+        """Events that concern no single mission (admission closed and opened by budget alerts)."""
+        from coo.orchestrator.engine import SYSTEM_TIMELINE
+
+        events = await timeline.read(engine.bus, SYSTEM_TIMELINE)
+        return {"events": [event_view(e) for e in events]}
+
     @app.post("/v1/alerts")
     async def alerts(payload: AlertmanagerWebhook, who: str = Depends(require_token)):
         """Alertmanager's webhook receiver (BudgetExceeded closes admission in its scope)."""
