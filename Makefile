@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 COO := $(VENV)/bin/coo
 PYTEST_ARGS ?=
 
-.PHONY: help setup up down status test proto lint-proto tools clean
+.PHONY: help setup up down status test test-reliability bench bench-smoke proto lint-proto clean
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -24,6 +24,15 @@ status: ## every component with its health and URL
 
 test: setup ## the whole test suite against real servers
 	@$(PY) -m pytest $(PYTEST_ARGS)
+
+test-reliability: setup ## faults, load, bad input, sandbox attacks, access control, secret leaks; writes docs/reliability.md
+	@COO_RELIABILITY=1 $(PY) -m pytest tests/reliability $(PYTEST_ARGS)
+
+bench: setup ## every benchmark: bench/results/<date>.json, plots, the README's performance section
+	@$(PY) -m bench.run
+
+bench-smoke: setup ## each benchmark briefly, so they cannot rot (CI)
+	@$(PY) -m bench.run --smoke
 
 proto: setup ## regenerate services/coo/v1 from proto/
 	@bash scripts/gen_proto.sh
