@@ -74,6 +74,9 @@ class Engine:
                                             settings.sandbox_cpu_seconds, settings.sandbox_max_output_bytes)
         self.kv = None
         self._tasks: list[asyncio.Task] = []
+        # Live missions, recounted from the store by housekeeping and counted up on admission, so
+        # admission does not read every mission on every request.
+        self._live: int | None = None
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -136,7 +139,7 @@ class Engine:
     async def create_mission(self, goal: str, *, budget_usd: float | None = None, require_approval: bool | None = None,
                              submitted_by: str = "", model: str = "", labels: dict[str, str] | None = None,
                              max_retries: int | None = None) -> mission_pb2.Mission:
-        live = sum(1 for m in await self.list_missions() if m.status in flow.LIVE)
+        live = self._live if self._live is not None else await self._count_live()
         if live >= self.settings.max_live_missions:
             metrics.ADMISSION_REFUSED.labels("capacity").inc()
             raise AdmissionRefused(f"{live} live missions (bound {self.settings.max_live_missions}); try again later")
@@ -165,6 +168,7 @@ class Engine:
             await self._set_mission_budget(m)
             step = flow.create(m)
             await self.kv.create(m.mission_id, m.SerializeToString())
+            self._live = live + 1
             metrics.MISSIONS_STARTED.inc()
             await self._effects(m, step)
         log.info("mission created", mission_id=m.mission_id, trace_id=m.trace_id)
@@ -284,6 +288,10 @@ class Engine:
         subject, message = work
         await self.bus.publish(subject, message, msg_id=m.awaiting, mission_id=m.mission_id)
 
+    async def _count_live(self) -> int:
+        self._live = sum(1 for m in await self.list_missions() if m.status in flow.LIVE)
+        return self._live
+
     # ------------------------------------------------------------ admission blocks
     async def active_admission_blocks(self) -> dict[str, dict]:
         """Budget scopes closed to new missions by the budget-exceeded alert (until their period ends)."""
@@ -350,6 +358,7 @@ class Engine:
                         counts[m.status] += 1
                 for status, n in counts.items():
                     metrics.MISSIONS_ACTIVE.labels(flow.status_name(status)).set(n)
+                self._live = sum(counts.values())
                 metrics.DLQ_MESSAGES.set(await self.bus.dlq_size())
                 deadline_ns = (time.time() - self.settings.mission_deadline_seconds) * 1e9
                 for m in missions:
