@@ -270,6 +270,8 @@ class Engine:
         if step.dispatch:
             await self._dispatch(m)
         if step.finished:
+            if self._live:
+                self._live -= 1
             status = flow.status_name(m.status)
             metrics.MISSIONS.labels(status).inc()
             duration = (m.finished_at.ToNanoseconds() - m.created_at.ToNanoseconds()) / 1e9
