@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import InvalidKeyError, KeyNotFoundError, KeyWrongLastSequenceError
 from opentelemetry import context, propagate, trace
 from opentelemetry.trace import SpanKind
 
@@ -113,7 +113,7 @@ class Engine:
     async def get(self, mission_id: str) -> mission_pb2.Mission:
         try:
             entry = await self.kv.get(mission_id)
-        except KeyNotFoundError:
+        except (KeyNotFoundError, InvalidKeyError):
             raise MissionNotFound(mission_id) from None
         if entry.value is None:
             raise MissionNotFound(mission_id)
@@ -198,6 +198,8 @@ class Engine:
     async def _on_agent_result(self, r: agent_pb2.AgentResult, delivery: Delivery) -> None:
         if not r.mission_id or not r.task_id:
             raise InvalidMessage("agent result without mission_id or task_id")
+        if r.role not in (common_pb2.ROLE_COO, common_pb2.ROLE_ENGINEER, common_pb2.ROLE_QA):
+            raise InvalidMessage(f"agent result with unknown role {r.role}")
         metrics.TASK_SECONDS.labels(common_pb2.Role.Name(r.role).removeprefix("ROLE_").lower(),
                                     "ok" if r.ok else "error").observe(r.duration_seconds, trace_exemplar())
         await self._apply(r.mission_id, lambda m: flow.on_agent_result(m, r, self.policy))
@@ -239,8 +241,8 @@ class Engine:
         for _ in range(50):
             try:
                 entry = await self.kv.get(mission_id)
-            except KeyNotFoundError:
-                raise InvalidMessage(f"unknown mission {mission_id}") from None
+            except (KeyNotFoundError, InvalidKeyError):
+                raise InvalidMessage(f"unknown mission {mission_id[:80]!r}") from None
             m = mission_pb2.Mission.FromString(entry.value)
             step = fn(m)
             if step is None:
