@@ -1,5 +1,11 @@
 """The services as real processes for end-to-end tests (the same commands and environment as the
-local stack's component table), on free loopback ports, against a test's own nats-server."""
+local stack's component table), on free loopback ports, against a test's own nats-server.
+
+By default (``auth=True``) the nats-server runs with the stack's users and subject permissions
+(``coo.stack.nats_auth``) and every service connects as its own user with its password file, so
+the whole suite proves the permission table is enough for everything the services do. A test's
+own connections without credentials act as ``admin`` (the harness's ``no_auth_user``; the local
+stack has none)."""
 
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ from pathlib import Path
 import httpx
 
 from coo.common.natsserver import NatsServer, free_port
+from coo.stack import nats_auth
 from coo.stack.components import Component, StackSettings, components
 
 def _die_with_parent() -> None:
@@ -34,6 +41,8 @@ class ServiceStack:
     services: tuple[str, ...] = SERVICES
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     parts: dict[str, Component] = field(default_factory=dict)
+    # NATS users and permissions; COO_TEST_NATS_AUTH=0 runs the suite against an open server.
+    auth: bool = field(default_factory=lambda: os.environ.get("COO_TEST_NATS_AUTH", "1") != "0")
 
     def __post_init__(self) -> None:
         ports = {f"{name}_port": free_port() for name in SERVICES}
@@ -41,6 +50,16 @@ class ServiceStack:
                                       nats_monitor_port=self.nats.monitor_port, **ports)
         self.parts = {c.name: c for c in components(self.settings) if c.name in self.services}
         (self.root / "logs").mkdir(parents=True, exist_ok=True)
+        self.nats_auth: nats_auth.NatsAuth | None = None
+        if self.auth:
+            self.nats_auth = nats_auth.NatsAuth.for_state(self.settings.state, no_auth_user=nats_auth.ADMIN)
+            self.nats_auth.ensure_passwords()
+            conf = self.nats_auth.server_config()
+            if self.nats.auth_config != conf:
+                running = self.nats.running
+                self.nats.auth_config = conf
+                if running:
+                    self.nats.restart()
 
     def url(self, name: str, path: str = "") -> str:
         return self.parts[name].url + path
@@ -48,6 +67,9 @@ class ServiceStack:
     def _env(self, c: Component) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("COO_", "OTEL_"))}
         env.update(c.env)
+        if not self.auth:
+            env.pop("COO_NATS_USER", None)
+            env.pop("COO_NATS_PASSWORD_FILE", None)
         env.update({
             "COO_API_TOKEN": TEST_TOKEN,
             "COO_DATA_DIR": str(self.root / "data" / c.name),
@@ -83,6 +105,22 @@ class ServiceStack:
                 pass
             time.sleep(0.1)
         raise RuntimeError(f"{name} not healthy after {timeout}s:\n{self.log(name)[-3000:]}")
+
+    def wait_engine(self, timeout: float = 30.0) -> None:
+        """Until the orchestrator's API answers from its engine: its HTTP port is up before it has
+        connected to NATS (and, with users, before the other services' streams exist)."""
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            try:
+                resp = httpx.get(self.url("orchestrator", "/v1/missions/m-engine-probe"), timeout=2)
+                last = resp.text
+                if resp.status_code == 404 and "Error" not in last:
+                    return
+            except httpx.HTTPError as exc:
+                last = str(exc)
+            time.sleep(0.1)
+        raise RuntimeError(f"the orchestrator's engine is not attached after {timeout}s: {last}")
 
     def log(self, name: str) -> str:
         path = self.root / "logs" / f"{name}.log"
@@ -130,8 +168,13 @@ class ServiceStack:
         deadline = time.monotonic() + timeout
         m = {}
         while time.monotonic() < deadline:
-            m = self.mission(mission_id)
-            if m["status"] in statuses:
+            try:
+                m = self.mission(mission_id)
+            except (httpx.HTTPError, ValueError) as exc:  # the orchestrator restarting
+                m = {"error": f"{type(exc).__name__}: {exc}"}
+            # A just-restarted orchestrator answers HTTP before its engine is attached to the bus:
+            # an answer without a status is "not yet", not a verdict.
+            if m.get("status") in statuses:
                 return m
             time.sleep(0.2)
         raise AssertionError(f"mission {mission_id} is {m.get('status')} after {timeout}s, wanted {statuses}: {m}")

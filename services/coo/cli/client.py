@@ -43,7 +43,8 @@ class Api:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _call(self, method: str, path: str, *, mutating: bool = False, **kwargs: Any) -> Any:
+    def _call(self, method: str, path: str, *, mutating: bool = False, hints: dict[int, str] | None = None,
+              **kwargs: Any) -> Any:
         headers = {}
         if mutating:
             if not self._token:
@@ -56,22 +57,31 @@ class Api:
                            "start the stack with `make up` (or `coo up`), or set COO_API_URL") from None
         except httpx.TimeoutException:
             raise CliError(f"the orchestrator at {self.base_url} did not answer in time", "check `coo status`") from None
+        except httpx.TransportError as exc:
+            raise CliError(f"the orchestrator at {self.base_url} failed: {type(exc).__name__} {exc}".strip(),
+                           "check `coo status` and COO_API_URL") from None
         if resp.status_code >= 400:
             try:
-                detail = resp.json().get("detail")
+                body = resp.json()
+                detail = body.get("detail") if isinstance(body, dict) else body
             except ValueError:
-                detail = resp.text[:200]
+                detail = resp.text[:200].strip() or resp.reason_phrase
             if isinstance(detail, list):  # FastAPI validation errors
                 detail = "; ".join(f"{'.'.join(str(p) for p in d.get('loc', [])[1:])}: {d.get('msg')}" for d in detail)
             hint = {401: "check COO_API_TOKEN (or the token file of the local stack)",
                     404: "list missions with `coo missions`",
                     409: "see the mission's state with `coo mission ID`",
-                    429: "the system is busy or a budget is exhausted; see `coo status`"}.get(resp.status_code, "")
+                    429: "the system is busy or a budget is exhausted; see `coo status`",
+                    **(hints or {})}.get(resp.status_code, "")
             raise CliError(f"{detail} (HTTP {resp.status_code})", hint)
-        return resp.json()
+        try:
+            return resp.json()
+        except ValueError:
+            raise CliError(f"{self.base_url}{path} did not answer JSON (HTTP {resp.status_code})",
+                           "is COO_API_URL the orchestrator's address?") from None
 
-    def get(self, path: str, **params: Any) -> Any:
-        return self._call("GET", path, params={k: v for k, v in params.items() if v is not None})
+    def get(self, path: str, hints: dict[int, str] | None = None, **params: Any) -> Any:
+        return self._call("GET", path, hints=hints, params={k: v for k, v in params.items() if v is not None})
 
-    def post(self, path: str, body: dict | None = None) -> Any:
-        return self._call("POST", path, mutating=True, json=body or {})
+    def post(self, path: str, body: dict | None = None, hints: dict[int, str] | None = None) -> Any:
+        return self._call("POST", path, mutating=True, hints=hints, json=body or {})

@@ -21,6 +21,7 @@ def run_demo(s: StackSettings, *, json_out: bool = False, timeout: float = 300.0
     else:
         console.print(f"demo mission {m['status']} in {m['duration_seconds']:.1f}s, cost ${m['cost_usd']:.4f}")
         console.print("where to look:")
+        console.print(f"  coo mission {m['mission_id']}  ·  coo logs {m['mission_id']}  ·  coo trace {m['mission_id']}")
         console.print(f"  API         {s.url(s.orchestrator_port, '/v1/missions/' + m['mission_id'])}  (and /timeline)")
         console.print(f"  Jaeger      {jaeger_url(m['trace_id'])}")
         console.print(f"  Prometheus  {s.url(s.prometheus_port, '/graph?g0.expr=coo_missions_total')}")

@@ -21,8 +21,10 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err_console = Console(stderr=True)
+# Piped output (scripts, tests) is not cut at 80 columns: tables keep their ids and numbers whole.
+_WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200
+console = Console(width=_WIDTH)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() or os.environ.get("COLUMNS") else 200)
 
 _state: dict[str, Any] = {"debug": False}
 
@@ -61,18 +63,37 @@ def scrub(pii: bool = typer.Option(False, "--pii", help="Also redact e-mail, IPv
 
 def _register_commands() -> None:
     # Imported here so `coo --help` stays fast and each command group lives in its own module.
-    from coo.cli import mission_cmds, stack_cmds
+    from coo.cli import logs_cmds, mission_cmds, ops_cmds, stack_cmds
 
     stack_cmds.register(app)
     mission_cmds.register(app)
+    logs_cmds.register(app)
+    ops_cmds.register(app)
+
+
+def print_error(message: str, hint: str = "") -> None:
+    """One line on stderr: what was wrong, and what to do."""
+    from rich.markup import escape
+
+    line = message.strip().replace("\n", " ")
+    if hint:
+        line += f" — {hint.strip()}"
+    err_console.print(f"[red]error:[/red] {escape(line)}", soft_wrap=True, highlight=False)
 
 
 def run() -> None:
     _register_commands()
     try:
-        app(standalone_mode=False)
+        rv = app(standalone_mode=False)
+        # without standalone mode, click returns typer.Exit's code instead of exiting with it
+        if isinstance(rv, int) and not isinstance(rv, bool) and rv != 0:
+            raise SystemExit(rv)
     except CliError as exc:
-        err_console.print(f"[red]error:[/red] {exc}" + (f"\n[dim]{exc.hint}[/dim]" if exc.hint else ""))
+        if _state["debug"]:
+            import traceback
+
+            traceback.print_exc()
+        print_error(str(exc), exc.hint)
         raise SystemExit(exc.code) from None
     except (typer.Abort, KeyboardInterrupt):
         err_console.print("aborted")
@@ -86,5 +107,5 @@ def run() -> None:
             raise SystemExit(exc.exit_code) from None
         if _state["debug"]:
             raise
-        err_console.print(f"[red]error:[/red] {type(exc).__name__}: {exc}\n[dim]run with --debug for the traceback[/dim]")
+        print_error(f"{type(exc).__name__}: {exc}", "run with --debug for the traceback")
         raise SystemExit(1) from None

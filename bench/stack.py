@@ -1,0 +1,274 @@
+"""The services as real processes (``tests/harness.py``'s ServiceStack) for the mission benchmarks:
+a nats-server, mockllm (answering at once), budget, sandbox (bubblewrap), agent(s), orchestrator."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import textwrap
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+
+GOALS = (
+    "write a FizzBuzz function with tests",
+    "write a function that parses ISO dates, with tests",
+    "write a word counter with tests",
+    "write a palindrome checker with tests",
+    "write a Roman numerals converter with tests",
+    "write a Fibonacci function with tests",
+    "write a stack class with tests",
+    "write a CSV column summer with tests",
+)
+FINAL = {"completed", "failed", "cancelled", "budget_exceeded"}
+
+
+def missing() -> str:
+    """Why the stack cannot run here ("" when it can)."""
+    if shutil.which("bwrap") is None:
+        return "bubblewrap is not installed (make test installs it)"
+    return ""
+
+
+def _ts(value: str | None) -> float | None:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() if value else None
+
+
+class Stack:
+    """Start with ``with Stack(work_dir, env=..., agents=2) as s:``; ``s.run(n, concurrency)``."""
+
+    def __init__(self, work_dir: Path, *, env: dict[str, str] | None = None, agents: int = 1) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="stack-", dir=work_dir))
+        self.env = env or {}
+        self.agents = agents
+        self.extra: list[subprocess.Popen] = []
+        self.extra_urls: list[str] = []
+
+    def __enter__(self) -> "Stack":
+        from coo.common.natsserver import NatsServer
+        from tests.harness import ServiceStack
+
+        self.nats = NatsServer(data_dir=self.root / "nats").start()
+        # The harness's NATS users (when it has them) cost nothing measurable; without them the
+        # benchmark does not depend on their set-up.
+        kw = {"auth": False} if "auth" in {f.name for f in dataclasses.fields(ServiceStack)} else {}
+        self.s = ServiceStack(self.root, self.nats, env=self.env, **kw)
+        try:
+            self.s.start(timeout=60)
+            for i in range(1, self.agents):
+                self._add_agent(i)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def _add_agent(self, i: int) -> None:
+        """Another agent replica: the same command and environment on another port (the
+        replicas share the durable consumers, so JetStream spreads the tasks)."""
+        from coo.common.natsserver import free_port
+
+        c = self.s.parts["agent"]
+        port = free_port()
+        env = self.s._env(c)
+        env["COO_AGENT_PORT"] = str(port)
+        env["COO_DATA_DIR"] = str(self.root / "data" / f"agent-{i}")
+        log = open(self.root / "logs" / f"agent-{i}.log", "ab")
+        from tests.harness import _die_with_parent
+
+        proc = subprocess.Popen(c.command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                preexec_fn=_die_with_parent)
+        log.close()
+        self.extra.append(proc)
+        url = f"http://127.0.0.1:{port}"
+        self.extra_urls.append(url)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"agent replica {i} exited with {proc.returncode}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                    return
+            time.sleep(0.1)
+        raise RuntimeError(f"agent replica {i} not healthy")
+
+    def __exit__(self, *exc) -> None:
+        for proc in self.extra:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+        if hasattr(self, "s"):
+            self.s.stop()
+        if hasattr(self, "nats"):
+            self.nats.cleanup()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    # ------------------------------------------------------------------- metrics
+    def _metric_sum(self, urls: list[str], name: str) -> float:
+        total = 0.0
+        pattern = re.compile(rf"^{re.escape(name)}(?:{{[^}}]*}})? ([0-9.eE+-]+)$", re.M)
+        for url in urls:
+            text = httpx.get(url + "/metrics", timeout=5).text
+            total += sum(float(v) for v in pattern.findall(text))
+        return total
+
+    def llm_seconds(self) -> float:
+        """Seconds the agents spent in LLM calls so far (their histogram's sum)."""
+        return self._metric_sum([self.s.url("agent")] + self.extra_urls, "coo_llm_request_duration_seconds_sum")
+
+    def sandbox_seconds(self) -> float:
+        return self._metric_sum([self.s.url("sandbox")], "coo_sandbox_run_duration_seconds_sum")
+
+    # ------------------------------------------------------------------ missions
+    def run(self, n: int, concurrency: int, *, first: int = 0, timeout: float = 180.0) -> dict:
+        """Run ``n`` missions, at most ``concurrency`` at a time; their final views, and the span
+        from the first creation to the last finish (server-side timestamps)."""
+        done: list[dict] = []
+        live: dict[str, float] = {}
+        next_goal = first
+        deadline = time.monotonic() + timeout
+        with self.s.api() as api:
+            while len(done) < n:
+                while len(live) < concurrency and next_goal < first + n:
+                    resp = api.post("/v1/missions", json={"goal": GOALS[next_goal % len(GOALS)]})
+                    resp.raise_for_status()
+                    live[resp.json()["mission_id"]] = time.monotonic()
+                    next_goal += 1
+                time.sleep(0.05 if concurrency == 1 else 0.2)
+                for mid in list(live):
+                    view = api.get(f"/v1/missions/{mid}").json()
+                    if view["status"] in FINAL:
+                        done.append(view)
+                        del live[mid]
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{len(done)}/{n} missions finished in {timeout}s")
+        starts = [_ts(m["created_at"]) for m in done]
+        ends = [_ts(m["finished_at"]) for m in done]
+        return {"missions": done, "wall_seconds": max(ends) - min(starts),
+                "statuses": sorted({m["status"] for m in done})}
+
+    def run_one_by_one(self, n: int, *, first: int = 0) -> list[dict]:
+        """``n`` missions one after another, each with the LLM and sandbox seconds it used
+        (read from the agents' and the sandbox's histograms before and after)."""
+        out = []
+        for i in range(n):
+            llm0, sb0 = self.llm_seconds(), self.sandbox_seconds()
+            view = self.run(1, 1, first=first + i)["missions"][0]
+            view["llm_seconds"] = self.llm_seconds() - llm0
+            view["sandbox_seconds"] = self.sandbox_seconds() - sb0
+            out.append(view)
+        return out
+
+
+# -------------------------------------------------------------------- a local collector
+COLLECTOR_CONFIG = textwrap.dedent("""\
+    receivers:
+      otlp:
+        protocols:
+          grpc:
+            endpoint: 127.0.0.1:{port}
+    processors:
+      batch: {{}}
+    exporters:
+      debug:
+        verbosity: basic
+    service:
+      telemetry:
+        logs:
+          level: warn
+        metrics:
+          level: none
+      pipelines:
+        traces:
+          receivers: [otlp]
+          processors: [batch]
+          exporters: [debug]
+        logs:
+          receivers: [otlp]
+          processors: [batch]
+          exporters: [debug]
+""")
+
+
+@contextlib.contextmanager
+def otlp_endpoint(work_dir: Path) -> Iterator[tuple[str, str]]:
+    """An OTLP/gRPC endpoint that accepts everything: the project's collector binary
+    (``otelcol-coo``, otlp → batch → debug) when it is built, else an in-process gRPC sink.
+    Yields (endpoint URL, what it is)."""
+    from coo.common.natsserver import free_port
+    from coo.stack.components import tool_path
+
+    port = free_port()
+    binary, _ = tool_path("otelcol")
+    if binary:
+        cfg = Path(tempfile.mkdtemp(prefix="otelcol-", dir=work_dir)) / "config.yaml"
+        cfg.write_text(COLLECTOR_CONFIG.format(port=port))
+        log = open(cfg.parent / "otelcol.log", "ab")
+        proc = subprocess.Popen([binary, "--config", str(cfg)], stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        log.close()
+        try:
+            _wait_port(port, proc)
+            yield f"http://127.0.0.1:{port}", "a local collector (otelcol-coo: otlp → batch → debug)"
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        return
+    with _grpc_sink(port):
+        yield f"http://127.0.0.1:{port}", "an in-process OTLP/gRPC sink (no collector built)"
+
+
+def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"collector exited with {proc.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return
+        time.sleep(0.1)
+    raise RuntimeError("collector did not open its OTLP port")
+
+
+@contextlib.contextmanager
+def _grpc_sink(port: int) -> Iterator[None]:
+    from concurrent import futures
+
+    import grpc
+    from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+    class Traces(trace_service_pb2_grpc.TraceServiceServicer):
+        def Export(self, request, context):  # noqa: N802 - gRPC's name
+            return trace_service_pb2.ExportTraceServiceResponse()
+
+    class Logs(logs_service_pb2_grpc.LogsServiceServicer):
+        def Export(self, request, context):  # noqa: N802
+            return logs_service_pb2.ExportLogsServiceResponse()
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Traces(), server)
+    logs_service_pb2_grpc.add_LogsServiceServicer_to_server(Logs(), server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    try:
+        yield
+    finally:
+        server.stop(1)

@@ -1,0 +1,444 @@
+"""NATS users and subject permissions: each service may publish and subscribe only where its role needs.
+
+One table (:data:`ROLES`) says, per NATS user, what it may publish and subscribe to, and which part
+of the bus topology (``coo.common.topology``) it declares or waits for. From it come:
+
+* the nats-server configuration (``authorization { users = [...] }``) with bcrypt hashes of the
+  passwords (:meth:`NatsAuth.server_config`), written 0600 into the stack's state dir;
+* one random password per user, generated on the first ``coo up`` and reused, in a 0600 file
+  under ``<state>/secrets/`` (:meth:`NatsAuth.ensure_passwords`); a service reads its own through
+  ``COO_NATS_PASSWORD_FILE`` (:class:`coo.common.config.CommonSettings`), so no secret is ever in a
+  command line, in supervisord's configuration or in the environment;
+* :func:`ensure_own_topology`, the scoped ``Bus.ensure_topology``: with per-service users a service
+  may not create what it does not own, so it declares its own streams, consumers and KV buckets and
+  waits for the ones it only uses (the orchestrator owns the streams).
+
+Users (subjects in ``docs/security.md``):
+
+==============  ===========================================================================
+orchestrator    the streams and its three consumers; the ``coo_missions`` bucket; publishes tasks,
+                sandbox runs, control and timeline events; reads the timeline and the DLQ, replays
+                dead letters (so it may also publish results); budget ``set_limit``/``status``
+agent           its three task consumers (``agent-<role>``); publishes agent results; budget
+                ``reserve``/``settle``/``release`` only: never the ledger's KV, never control
+budget          the ``coo_budget`` bucket (the ledger); serves ``coo.budget.*`` (nats.micro,
+                ``$SRV.*`` discovery); publishes budget timeline events
+sandbox         the ``sandbox-runs`` consumer; the ``coo_sandbox_runs`` bucket; publishes sandbox
+                results: no missions, no tasks
+admin           everything (operators, tests); never used by a service
+==============  ===========================================================================
+
+Each user's inbox is its own (``_INBOX_<user>.>``, the bus connects with that ``inbox_prefix``), so
+no service can subscribe to the replies another one gets (a KV read of a mission, a budget reply).
+
+``python -m coo.stack.nats_auth --state-dir var/stack`` writes the files from a shell (the Docker
+stack's init container, or by hand after removing a password file to rotate it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import json
+import os
+import secrets
+import tempfile
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from coo.common import topology as T
+
+API = "$JS.API"
+SERVICE_USERS = ("orchestrator", "agent", "budget", "sandbox")
+ADMIN = "admin"
+USERS = (*SERVICE_USERS, ADMIN)
+AGENT_ROLES = ("coo", "engineer", "qa")
+#: bcrypt cost of the hashes in the server config (nats-server checks each CONNECT against it).
+BCRYPT_COST = 11
+
+
+def inbox_prefix(user: str) -> str:
+    """The inbox prefix of a user: replies to its requests arrive under ``<prefix>.>`` only."""
+    return f"_INBOX_{user}"
+
+
+def _kv(bucket: str) -> str:
+    return f"KV_{bucket}"
+
+
+# ------------------------------------------------------------------- permission building blocks
+def _stream_owner(stream: str) -> list[str]:
+    return [f"{API}.STREAM.CREATE.{stream}", f"{API}.STREAM.UPDATE.{stream}", f"{API}.STREAM.INFO.{stream}"]
+
+
+def _stream_info(stream: str) -> list[str]:
+    return [f"{API}.STREAM.INFO.{stream}"]
+
+
+def _consumer(name: str, *, declare: bool = True) -> list[str]:
+    """Pull from a durable consumer of the topology (fetch, ack/nak/term/in-progress, info), and
+    declare it (create or update that one consumer, with its own filter subject)."""
+    spec = T.consumers()[name]
+    out = [f"{API}.CONSUMER.MSG.NEXT.{spec.stream}.{name}", f"{API}.CONSUMER.INFO.{spec.stream}.{name}",
+           f"$JS.ACK.{spec.stream}.{name}.>"]
+    if declare:
+        out.append(f"{API}.CONSUMER.CREATE.{spec.stream}.{name}.{spec.config.filter_subject}")
+    return out
+
+
+def _ordered_reader(stream: str) -> list[str]:
+    """Ephemeral ordered consumers on a stream (a KV watch or ``keys()``, a timeline read)."""
+    return [f"{API}.CONSUMER.CREATE.{stream}", f"{API}.CONSUMER.INFO.{stream}.*", f"{API}.CONSUMER.DELETE.{stream}.*",
+            f"$JS.FC.{stream}.>"]
+
+
+def _bucket_owner(bucket: str) -> list[str]:
+    """Declare, read (get, direct get, watch, keys) and write (put, create, update, delete) one bucket."""
+    stream = _kv(bucket)
+    return [*_stream_owner(stream), f"{API}.DIRECT.GET.{stream}", f"{API}.DIRECT.GET.{stream}.>",
+            f"{API}.STREAM.MSG.GET.{stream}", *_ordered_reader(stream), f"$KV.{bucket}.>"]
+
+
+@dataclass(frozen=True)
+class Scope:
+    """The part of the topology a user declares, and the streams it waits for (declared by another)."""
+
+    streams: tuple[str, ...] = ()
+    consumers: tuple[str, ...] = ()
+    buckets: tuple[str, ...] = ()
+    waits_for: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Role:
+    user: str
+    publish: tuple[str, ...]
+    subscribe: tuple[str, ...]
+    allow_responses: bool = False
+    scope: Scope | None = None   # None: declares the whole topology (admin)
+    doc: str = ""
+
+    def permissions(self) -> dict[str, Any]:
+        perms: dict[str, Any] = {"publish": {"allow": list(self.publish)},
+                                 "subscribe": {"allow": list(self.subscribe)}}
+        if self.allow_responses:
+            perms["allow_responses"] = True
+        return perms
+
+
+def _dedupe(items: Iterable[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(items))
+
+
+def _roles() -> dict[str, Role]:
+    work = [T.STREAM_TASKS, T.STREAM_RESULTS, T.STREAM_SANDBOX, T.STREAM_CONTROL]
+    all_streams = [*work, T.STREAM_TIMELINE, T.STREAM_DLQ]
+    orch_consumers = ("orchestrator-agent-results", "orchestrator-sandbox-results", "orchestrator-control")
+    agent_consumers = tuple(f"agent-{r}" for r in AGENT_ROLES)
+    budget = f"{T.BUDGET}."
+    roles = [
+        Role(
+            "orchestrator",
+            publish=_dedupe([
+                *(p for s in all_streams for p in _stream_owner(s)),
+                *(p for c in orch_consumers for p in _consumer(c)),
+                *_bucket_owner(T.BUCKET_MISSIONS),
+                # the mission pipeline
+                f"{T.TASKS}.*", T.SANDBOX_RUNS, f"{T.CONTROL}.*", f"{T.TIMELINE}.*",
+                # the timeline read (an ordered consumer per request)
+                *_ordered_reader(T.STREAM_TIMELINE),
+                # dead letters: list, read the original, replay it (any work subject), drop the letter
+                f"{API}.STREAM.MSG.GET.{T.STREAM_DLQ}", f"{API}.STREAM.MSG.DELETE.{T.STREAM_DLQ}",
+                *(f"{API}.STREAM.MSG.GET.{s}" for s in work), T.AGENT_RESULTS, T.SANDBOX_RESULTS,
+                # the budget: a mission's limit, and the ledger's status for GET /v1/budget
+                budget + "set_limit", budget + "status",
+            ]),
+            subscribe=(inbox_prefix("orchestrator") + ".>",),
+            scope=Scope(streams=tuple(all_streams), consumers=orch_consumers, buckets=(T.BUCKET_MISSIONS,)),
+            doc="declares the streams; runs missions; reads the timeline and the DLQ, replays dead letters",
+        ),
+        Role(
+            "agent",
+            publish=_dedupe([
+                *_stream_info(T.STREAM_TASKS), *_stream_info(T.STREAM_RESULTS),
+                *(p for c in agent_consumers for p in _consumer(c)),
+                T.AGENT_RESULTS,
+                budget + "reserve", budget + "settle", budget + "release",
+            ]),
+            subscribe=(inbox_prefix("agent") + ".>",),
+            scope=Scope(consumers=agent_consumers, waits_for=(T.STREAM_TASKS, T.STREAM_RESULTS)),
+            doc="takes tasks of its roles, publishes results, reserves and settles budget through the service",
+        ),
+        Role(
+            "budget",
+            publish=_dedupe([
+                *_bucket_owner(T.BUCKET_BUDGET), f"{API}.STREAM.PURGE.{_kv(T.BUCKET_BUDGET)}",
+                *_stream_info(T.STREAM_TIMELINE), f"{T.TIMELINE}.*",
+            ]),
+            # nats.micro: its endpoints (queue group) and discovery ($SRV.PING|INFO|STATS[.budget[.<id>]])
+            subscribe=(budget + "*", "$SRV.*", "$SRV.*.budget", "$SRV.*.budget.*", inbox_prefix("budget") + ".>"),
+            allow_responses=True,
+            scope=Scope(buckets=(T.BUCKET_BUDGET,), waits_for=(T.STREAM_TIMELINE,)),
+            doc="owns the ledger (coo_budget KV) and serves coo.budget.* requests",
+        ),
+        Role(
+            "sandbox",
+            publish=_dedupe([
+                *_stream_info(T.STREAM_SANDBOX), *_stream_info(T.STREAM_RESULTS),
+                *_consumer("sandbox-runs"), *_bucket_owner(T.BUCKET_SANDBOX_RUNS), T.SANDBOX_RESULTS,
+            ]),
+            subscribe=(inbox_prefix("sandbox") + ".>",),
+            scope=Scope(consumers=("sandbox-runs",), buckets=(T.BUCKET_SANDBOX_RUNS,),
+                        waits_for=(T.STREAM_SANDBOX, T.STREAM_RESULTS)),
+            doc="takes sandbox runs, keeps them by run id (coo_sandbox_runs KV), publishes results",
+        ),
+        Role(ADMIN, publish=(">",), subscribe=(">",), doc="operators and tests; no service uses it"),
+    ]
+    return {r.user: r for r in roles}
+
+
+#: The permission table, by NATS user.
+ROLES: dict[str, Role] = _roles()
+
+
+# ------------------------------------------------------------------------------ passwords
+def _libcrypt():
+    try:
+        lib = ctypes.CDLL("libcrypt.so.1")
+        lib.crypt_gensalt_rn.restype = ctypes.c_char_p
+        lib.crypt_gensalt_rn.argtypes = [ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p, ctypes.c_int,
+                                         ctypes.c_char_p, ctypes.c_int]
+        lib.crypt_rn.restype = ctypes.c_char_p
+        lib.crypt_rn.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_void_p, ctypes.c_int]
+        return lib
+    except (OSError, AttributeError):
+        return None
+
+
+def bcrypt_hash(password: str, cost: int = BCRYPT_COST) -> str | None:
+    """A ``$2a$`` bcrypt hash (the prefix every nats-server accepts): from the ``bcrypt`` package if
+    installed, else from the C library's libxcrypt; None when neither is there."""
+    try:
+        import bcrypt  # type: ignore[import-not-found]
+
+        return bcrypt.hashpw(password.encode(), bcrypt.gensalt(cost, prefix=b"2a")).decode()
+    except ImportError:
+        pass
+    lib = _libcrypt()
+    if lib is None:
+        return None
+    salt = ctypes.create_string_buffer(64)
+    rnd = os.urandom(16)
+    if not lib.crypt_gensalt_rn(b"$2a$", cost, rnd, len(rnd), salt, len(salt)):
+        return None
+    data = ctypes.create_string_buffer(1 << 16)  # struct crypt_data
+    out = lib.crypt_rn(password.encode(), salt.value, data, len(data))
+    if not out or not out.startswith(b"$2a$"):
+        return None
+    return out.decode()
+
+
+def bcrypt_check(password: str, hashed: str) -> bool:
+    lib = _libcrypt()
+    if lib is None:
+        import bcrypt  # type: ignore[import-not-found]
+
+        return bcrypt.checkpw(password.encode(), hashed.encode())
+    data = ctypes.create_string_buffer(1 << 16)
+    out = lib.crypt_rn(password.encode(), hashed.encode(), data, len(data))
+    return bool(out) and secrets.compare_digest(out, hashed.encode())
+
+
+def _atomic_write(path: Path, text: str, mode: int = 0o600) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # created 0600
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+@dataclass
+class NatsAuth:
+    """The users of one NATS server: their password files and the server's authorization config."""
+
+    secrets_dir: Path
+    users: tuple[str, ...] = USERS
+    #: connections without credentials act as this user (tests only: the harness maps them to admin)
+    no_auth_user: str | None = None
+    hash_passwords: bool = True
+    #: the name nats-server is started with (-n): in the file too, or a reload (SIGHUP) is refused
+    server_name: str | None = None
+    _hashes: dict[str, tuple[str, str]] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def for_state(cls, state: Path, **kwargs: Any) -> "NatsAuth":
+        return cls(secrets_dir(state), **kwargs)
+
+    def password_file(self, user: str) -> Path:
+        return self.secrets_dir / f"nats-{user}.password"
+
+    def password(self, user: str) -> str:
+        return self.password_file(user).read_text().strip()
+
+    def ensure_passwords(self) -> "NatsAuth":
+        """A random password per user, written once (0600, in a 0700 directory) and reused."""
+        self.secrets_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.secrets_dir, 0o700)
+        for user in self.users:
+            path = self.password_file(user)
+            if not path.exists() or not path.read_text().strip():
+                _atomic_write(path, secrets.token_urlsafe(32) + "\n")
+            elif path.stat().st_mode & 0o077:
+                os.chmod(path, 0o600)
+        return self
+
+    def _stored(self, user: str) -> str:
+        """What the server config holds for a user: a bcrypt hash (the plain password only where
+        no bcrypt implementation exists; the config file is 0600 either way)."""
+        password = self.password(user)
+        if user == self.no_auth_user:
+            return password  # nats-server maps credential-less connections to it only when stored plain
+        cached = self._hashes.get(user)
+        if cached and cached[0] == password:
+            return cached[1]
+        stored = (bcrypt_hash(password) if self.hash_passwords else None) or password
+        self._hashes[user] = (password, stored)
+        return stored
+
+    def authorization(self) -> dict[str, Any]:
+        users = []
+        for user in self.users:
+            role = ROLES[user]
+            users.append({"user": user, "password": self._stored(user), "permissions": role.permissions()})
+        return {"users": users}
+
+    def server_config(self) -> str:
+        """nats-server configuration text (every string JSON-quoted, so ``$JS``/``$2a$`` stay literal)."""
+        lines = ["# Generated by coo.stack.nats_auth from its permission table; do not edit (rewritten at",
+                 "# each start). Passwords are bcrypt hashes; each service's password is in its own 0600",
+                 f"# file under {self.secrets_dir}."]
+        if self.server_name:
+            lines.append(f"server_name: {json.dumps(self.server_name)}")
+        lines.append("authorization " + json.dumps(self.authorization(), indent=2))
+        if self.no_auth_user:
+            lines.append(f"no_auth_user: {json.dumps(self.no_auth_user)}")
+        return "\n".join(lines) + "\n"
+
+    def write_server_config(self, path: Path) -> Path:
+        self.ensure_passwords()
+        return _atomic_write(path, self.server_config())
+
+    def service_env(self, user: str) -> dict[str, str]:
+        """The environment that makes a service connect as ``user`` (a path, never the password)."""
+        return {"COO_NATS_USER": user, "COO_NATS_PASSWORD_FILE": str(self.password_file(user))}
+
+
+def secrets_dir(state: Path) -> Path:
+    return state / "secrets"
+
+
+def server_config_path(state: Path) -> Path:
+    return state / "nats" / "nats.conf"
+
+
+def prepare(state: Path, server_name: str | None = None) -> NatsAuth:
+    """``coo up``: the password files (kept) and the server config (rewritten) of the local stack."""
+    auth = NatsAuth.for_state(state, server_name=server_name)
+    auth.write_server_config(server_config_path(state))
+    return auth
+
+
+# ------------------------------------------------------------------- the scoped ensure_topology
+async def ensure_own_topology(bus: Any, *, wait_seconds: float = 120.0, poll: float = 0.25) -> bool:
+    """``Bus.ensure_topology`` for a service with its own NATS user: wait for the streams its role
+    uses but does not own, then declare the streams, KV buckets and consumers it owns.
+
+    Returns False (nothing done) when the connection has no user or the user declares everything
+    (admin, or a user outside the table): the caller then declares the whole topology."""
+    import nats.errors
+    import nats.js.errors
+
+    from coo.common.telemetry import get_logger
+
+    user = getattr(bus.settings, "nats_user", None)
+    role = ROLES.get(user or "")
+    if role is None or role.scope is None:
+        return False
+    scope = role.scope
+    log = get_logger("coo.bus")
+    js = bus.js
+    deadline = time.monotonic() + wait_seconds
+    for stream in scope.waits_for:
+        said = False
+        while True:
+            try:
+                await js.stream_info(stream)
+                break
+            except (nats.js.errors.NotFoundError, nats.errors.TimeoutError, asyncio.TimeoutError):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"stream {stream} was not declared within {wait_seconds:.0f}s "
+                                       "(the orchestrator declares the streams: is it running?)") from None
+                if not said:
+                    log.info("waiting for a stream the orchestrator declares", stream=stream, user=user)
+                    said = True
+                await asyncio.sleep(poll)
+    for config in T.streams(bus.settings):
+        if config.name in scope.streams:
+            try:
+                await js.add_stream(config=config)
+            except nats.js.errors.BadRequestError:
+                await js.update_stream(config=config)
+    for config in T.buckets():
+        if config.bucket in scope.buckets:
+            try:
+                await js.create_key_value(config=config)
+            except nats.js.errors.BadRequestError:
+                await js.key_value(config.bucket)
+    specs = T.consumers()
+    for name in scope.consumers:
+        await js.add_consumer(specs[name].stream, config=specs[name].config)
+    return True
+
+
+# ------------------------------------------------------------------------------- the docs
+def markdown_table() -> str:
+    """The permission table as Markdown (docs/security.md holds this text; a test compares)."""
+    rows = ["| user | role | may publish (and JetStream API) | may subscribe |", "|---|---|---|---|"]
+    for role in ROLES.values():
+        pub = "<br>".join(f"`{p}`" for p in role.publish)
+        sub = "<br>".join(f"`{p}`" for p in role.subscribe)
+        if role.allow_responses:
+            sub += "<br>(and replies to the requests it receives: `allow_responses`)"
+        rows.append(f"| `{role.user}` | {role.doc} | {pub} | {sub} |")
+    return "\n".join(rows) + "\n"
+
+
+# ------------------------------------------------------------------------------------- CLI
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m coo.stack.nats_auth",
+                                description="Write the NATS users' password files (kept) and the server config.")
+    p.add_argument("--state-dir", type=Path, default=Path("var/stack"))
+    p.add_argument("--config", type=Path, default=None, help="default: <state>/nats/nats.conf")
+    p.add_argument("--server-name", default=None, help="the nats-server's -n (the local stack: coo-local)")
+    p.add_argument("--markdown", action="store_true", help="print the permission table (docs/security.md) and exit")
+    args = p.parse_args(argv)
+    if args.markdown:
+        print(markdown_table(), end="")
+        return
+    auth = NatsAuth.for_state(args.state_dir, server_name=args.server_name)
+    path = auth.write_server_config(args.config or server_config_path(args.state_dir))
+    print(f"nats config: {path}\npassword files: {auth.secrets_dir}/nats-<user>.password")
+
+
+if __name__ == "__main__":
+    main()
