@@ -127,7 +127,7 @@ AREA_TITLES = {
     "load": "Load: rising submission rates until backpressure",
     "bad input": "Bad input: bus, DLQ advisories, REST API, CLI",
     "sandbox": "Sandbox attacks (through the real sandbox service over NATS)",
-    "secrets": "Secret leaks: canaries through every path, searched in every sink",
+    "secrets": "Secret leaks — canaries through every path, searched in every sink",
     "access": "Access control on NATS",
     "suite": "The suite itself",
 }

@@ -44,6 +44,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from coo.common import metrics, topology
 from coo.common.config import CommonSettings
+from coo.common.scrub import scrub_text
 from coo.common.telemetry import get_logger
 
 log = get_logger("coo.bus")
@@ -353,7 +354,7 @@ class Delivery:
         """Terminate with a reason (nats-server >= 2.11 carries it in the advisory)."""
         if not self.settled:
             self.settled = True
-            reason = " ".join(reason.split())[:256]
+            reason = scrub_text(" ".join(reason.split()))[:256]  # reasons quote input: never a secret in the DLQ
             await self.msg._client.publish(self.msg.reply, b"+TERM " + reason.encode())
 
     async def in_progress(self) -> None:
@@ -761,6 +762,9 @@ class Bus:
     async def replay(self, dlq_seq: int) -> dict:
         """Publish the original message again (fresh message id) and drop the dead letter."""
         entry = await self.dead_letter(dlq_seq)
+        if entry["stream"] not in topology.WORK_STREAMS or entry["stream_seq"] <= 0:
+            # only work messages are replayed: a forged advisory must not republish, say, a ledger entry
+            raise LookupError(f"dead letter {dlq_seq} does not point at a work message")
         original = await self.js.get_msg(entry["stream"], entry["stream_seq"])
         headers = dict(original.headers or {})
         headers[HEADER_MSG_ID] = f"{headers.get(HEADER_MSG_ID, 'msg')}-replay-{dlq_seq}"
@@ -776,19 +780,31 @@ class Bus:
         return info.state.messages
 
 
+def _int(value: object) -> int:
+    try:
+        return max(0, int(value))
+    except (TypeError, ValueError, OverflowError):
+        return 0
+
+
 def _dead_letter_view(dlq_seq: int, advisory_subject: str, data: bytes | None) -> dict:
+    """A DLQ entry from a captured advisory; anything may have been published on those subjects,
+    so every field is coerced and the reason scrubbed."""
     try:
         adv = json.loads(data or b"{}")
     except ValueError:
         adv = {}
+    if not isinstance(adv, dict):
+        adv = {}
     kind = "terminated" if advisory_subject.startswith(topology.ADVISORY_TERMINATED) else "max_deliveries"
+    reason = adv.get("reason") or ("max deliveries reached" if kind == "max_deliveries" else "terminated")
     return {
         "dlq_id": dlq_seq,
         "kind": kind,
-        "stream": adv.get("stream", ""),
-        "consumer": adv.get("consumer", ""),
-        "stream_seq": adv.get("stream_seq", 0),
-        "deliveries": adv.get("deliveries", 0),
-        "reason": adv.get("reason") or ("max deliveries reached" if kind == "max_deliveries" else "terminated"),
-        "at": adv.get("timestamp", ""),
+        "stream": str(adv.get("stream", ""))[:64],
+        "consumer": str(adv.get("consumer", ""))[:64],
+        "stream_seq": _int(adv.get("stream_seq", 0)),
+        "deliveries": _int(adv.get("deliveries", 0)),
+        "reason": scrub_text(str(reason))[:500],
+        "at": str(adv.get("timestamp", ""))[:64],
     }

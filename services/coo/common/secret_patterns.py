@@ -100,7 +100,7 @@ _KEY_WORDS = (
 #: collector's ``blocked_key_patterns``.
 SECRET_KEY_PATTERN = r"(?i)" + _KEY_WORDS + r"$"
 
-_KEY_QUOTE = r"""(?:\\?["'])?"""                 # the key's closing quote, maybe JSON-escaped
+_KEY_QUOTE = r"""(?:\\*["'])?"""                 # the key's closing quote, maybe JSON-escaped
 _SEP = r"[ \t]*(?::=|=>|[:=])[ \t]*"
 _SCHEME = r"(?:(?:bearer|basic|digest|token|bot|negotiate)[ \t]+)?"   # Authorization: Bearer <secret>
 
@@ -144,7 +144,7 @@ PATTERN_SPECS: tuple[PatternSpec, ...] = (
                 r"(?P<secret>[^" + _WS + r"/?#\"'<>]{1,256})(?P<post>@)",
                 ("://",)),
     PatternSpec("kv_json_literal", "secret",
-                r"(?im)(?P<pre>" + _KEY_WORDS + r"\\?\"[ \t]*:[ \t]*)"
+                r"(?im)(?P<pre>" + _KEY_WORDS + r"\\*\"[ \t]*:[ \t]*)"
                 r"(?P<secret>-?[0-9][0-9.e+-]*|true|false|null)(?P<post>[ \t]*(?:[,}\]\r]|$))",
                 _KV_TRIGGERS, (":",), quote=True, gate=_KV_GATE, gate_at_start=True, gate_bucket="json"),
     PatternSpec("kv_dq", "secret",
@@ -152,7 +152,7 @@ PATTERN_SPECS: tuple[PatternSpec, ...] = (
                 r"(?P<secret>" + _DQ_VALUE + r")",
                 _KV_TRIGGERS, _KV_REQUIRES, gate=_KV_GATE, gate_at_start=True, gate_bucket="dq"),
     PatternSpec("kv_edq", "secret",
-                r"(?i)(?P<pre>" + _KEY_WORDS + _KEY_QUOTE + _SEP + r"\\\"" + _SCHEME + r")"
+                r"(?i)(?P<pre>" + _KEY_WORDS + _KEY_QUOTE + _SEP + r"\\+\"" + _SCHEME + r")"
                 r"(?P<secret>" + _EDQ_VALUE + r")",
                 _KV_TRIGGERS, _KV_REQUIRES, gate=_KV_GATE, gate_at_start=True, gate_bucket="edq"),
     PatternSpec("kv_sq", "secret",

@@ -10,9 +10,12 @@ import hmac
 from datetime import datetime, timezone
 from typing import Any, Literal
 
+from fastapi import Path as FastApiPath
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from nats.js.errors import BadRequestError as NatsBadRequest
+from nats.js.errors import NotFoundError as NatsNotFound
 from pydantic import BaseModel, Field
 
 from coo import __version__
@@ -239,14 +242,12 @@ def create_api(engine: Engine, token: str) -> FastAPI:
         return {"dead_letters": entries, "count": len(entries)}
 
     @app.post("/v1/dlq/{dlq_id}/replay", responses=errors)
-    async def replay(dlq_id: int, who: str = Depends(require_token)):
+    async def replay(dlq_id: int = FastApiPath(..., ge=1, le=2**63 - 1), who: str = Depends(require_token)):
         """Publish a dead letter's original message again."""
         try:
             return await engine.bus.replay(dlq_id)
-        except Exception as exc:  # noqa: BLE001 - not found in either stream
-            if "not found" in str(exc).lower() or type(exc).__name__ == "NotFoundError":
-                raise HTTPException(404, f"no dead letter {dlq_id} (or its original message has expired)") from None
-            raise
+        except (LookupError, NatsNotFound, NatsBadRequest):
+            raise HTTPException(404, f"no dead letter {dlq_id} (or its original message has expired)") from None
 
     @app.get("/v1/status")
     async def admission_status():

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import InvalidKeyError, KeyNotFoundError, KeyWrongLastSequenceError
 from opentelemetry import trace
 
 from coo.common import metrics, topology
@@ -124,6 +124,8 @@ class SandboxService:
             entry = await self.kv.get(key)
         except KeyNotFoundError:
             entry = None
+        except InvalidKeyError:
+            raise InvalidMessage(f"run_id {key[:80]!r} is not a valid run key") from None
         if entry is not None and entry.value:
             stored = sandbox_pb2.SandboxResult.FromString(entry.value)
             if stored.outcome != sandbox_pb2.SANDBOX_OUTCOME_UNSPECIFIED:
