@@ -94,7 +94,8 @@ def _python_service(name: str, module: str, port: int, s: StackSettings, env: di
         found = False
     return Component(
         name=name, kind="service", command=[sys.executable, "-m", module],
-        health_url=s.url(port, "/healthz"), url=s.url(port),
+        # ready, not just alive: connected to NATS and started (mockllm has no NATS: alive is ready)
+        health_url=s.url(port, "/healthz" if name == "mockllm" else "/readyz"), url=s.url(port),
         env={**env, f"COO_{name.upper()}_PORT": str(port)}, priority=300,
         missing="" if found else f"{module} is not part of this build",
     )
