@@ -55,14 +55,7 @@ def stack(tmp_path_factory):
     os.environ.pop("COO_API_TOKEN", None)
     try:
         supervisor.start(s, components(s))
-        deadline = time.monotonic() + 120
-        while True:
-            rows = supervisor.status(s)
-            if all(r.healthy for r in rows):
-                break
-            if time.monotonic() > deadline:
-                pytest.fail(f"stack not healthy: {[(r.name, r.detail) for r in rows if not r.healthy]}")
-            time.sleep(0.5)
+        supervisor.wait_healthy(s, timeout=120)
         token = (s.state / "data" / "api-token").read_text().strip()
         yield Stack(s, token)
     finally:

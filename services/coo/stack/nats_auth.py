@@ -43,7 +43,6 @@ import ctypes
 import json
 import os
 import secrets
-import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -51,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from coo.common import topology as T
+from coo.stack.render import atomic_write
 
 API = "$JS.API"
 SERVICE_USERS = ("orchestrator", "agent", "budget", "sandbox")
@@ -253,20 +253,6 @@ def bcrypt_check(password: str, hashed: str) -> bool:
     return bool(out) and secrets.compare_digest(out, hashed.encode())
 
 
-def _atomic_write(path: Path, text: str, mode: int = 0o600) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # created 0600
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 @dataclass
 class NatsAuth:
     """The users of one NATS server: their password files and the server's authorization config."""
@@ -297,7 +283,7 @@ class NatsAuth:
         for user in self.users:
             path = self.password_file(user)
             if not path.exists() or not path.read_text().strip():
-                _atomic_write(path, secrets.token_urlsafe(32) + "\n")
+                atomic_write(path, secrets.token_urlsafe(32) + "\n", mode=0o600)
             elif path.stat().st_mode & 0o077:
                 os.chmod(path, 0o600)
         return self
@@ -336,7 +322,7 @@ class NatsAuth:
 
     def write_server_config(self, path: Path) -> Path:
         self.ensure_passwords()
-        return _atomic_write(path, self.server_config())
+        return atomic_write(path, self.server_config(), mode=0o600)
 
     def service_env(self, user: str) -> dict[str, str]:
         """The environment that makes a service connect as ``user`` (a path, never the password)."""

@@ -164,3 +164,16 @@ def status(s: StackSettings | None = None) -> list[ComponentStatus]:
         ok, detail = healthy(c.health_url)
         out.append(ComponentStatus(c.name, c.kind, states.get(c.name, "not started"), ok, c.url, detail))
     return out
+
+
+def wait_healthy(s: StackSettings, timeout: float = 120.0) -> list[ComponentStatus]:
+    """Poll until every component is healthy; raise with the unhealthy ones after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = status(s)
+        if all(r.healthy for r in rows):
+            return rows
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"stack not healthy after {timeout:.0f}s: "
+                               f"{[(r.name, r.detail) for r in rows if not r.healthy]}")
+        time.sleep(0.5)
