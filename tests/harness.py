@@ -9,6 +9,7 @@ stack has none)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -185,3 +186,35 @@ class ServiceStack:
     def timeline(self, mission_id: str) -> list[dict]:
         with self.api() as api:
             return api.get(f"/v1/missions/{mission_id}/timeline").json()["events"]
+
+
+def missing_stack_tools() -> str:
+    """Why the whole embedded stack cannot start here ('' when it can)."""
+    return "; ".join(f"{c.name}: {c.missing}" for c in components(StackSettings()) if c.missing)
+
+
+@contextlib.contextmanager
+def embedded_stack(root: Path, env: dict[str, str] | None = None):
+    """The whole embedded stack as `coo up` runs it (supervisord, every port free, state under
+    ``root``), with spans exported within a second and prompts on spans (the collector must
+    redact them). Yields (StackSettings, API token)."""
+    from coo.stack import supervisor
+
+    ports = {name: free_port() for name in StackSettings.model_fields if name.endswith("_port")}
+    s = StackSettings(host="127.0.0.1", state_dir=root / "state", **ports)
+    saved = dict(os.environ)
+    os.environ.update({
+        "OTEL_BSP_SCHEDULE_DELAY": "300", "OTEL_BLRP_SCHEDULE_DELAY": "300",
+        "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": "span_only",
+        "COO_BUDGET_ON_EXCEEDED": "fail",
+        **(env or {}),
+    })
+    os.environ.pop("COO_API_TOKEN", None)
+    try:
+        supervisor.start(s, components(s))
+        supervisor.wait_healthy(s, timeout=120)
+        yield s, (s.state / "data" / "api-token").read_text().strip()
+    finally:
+        supervisor.stop(s)
+        os.environ.clear()
+        os.environ.update(saved)

@@ -5,18 +5,15 @@ orchestrator, and canary secrets in no sink."""
 from __future__ import annotations
 
 import json
-import os
 import time
 import urllib.parse
-import xmlrpc.client
-from pathlib import Path
 
 import httpx
 import pytest
 
-from coo.common.natsserver import free_port
 from coo.stack import supervisor
-from coo.stack.components import REPO_ROOT, StackSettings, components
+from tests.harness import embedded_stack, missing_stack_tools
+from coo.stack.components import REPO_ROOT, StackSettings
 
 pytestmark = pytest.mark.stack
 
@@ -31,37 +28,12 @@ REQUIRED_SPANS = {"invoke_workflow coo.mission", "invoke_agent coo", "invoke_age
 ECHO = "sk-proj-" + "EchoCanary0123456789" * 2 + "abcdefgh"
 
 
-def _missing_tools() -> str:
-    parts = components(StackSettings())
-    missing = [f"{c.name}: {c.missing}" for c in parts if c.missing]
-    return "; ".join(missing)
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    if why := _missing_tools():
+    if why := missing_stack_tools():
         pytest.skip(f"the embedded stack is incomplete here ({why}); make test builds it")
-    root = tmp_path_factory.mktemp("fullstack")
-    ports = {name: free_port() for name in StackSettings.model_fields if name.endswith("_port")}
-    s = StackSettings(host="127.0.0.1", state_dir=root / "state", **ports)
-    saved = dict(os.environ)
-    os.environ.update({
-        "OTEL_BSP_SCHEDULE_DELAY": "300",           # spans reach Jaeger within a second
-        "OTEL_BLRP_SCHEDULE_DELAY": "300",
-        "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": "span_only",  # prompts on spans: the collector must redact
-        "COO_BUDGET_ON_EXCEEDED": "fail",
-        "COO_SPANMETRICS_FLUSH_INTERVAL": "2s",
-    })
-    os.environ.pop("COO_API_TOKEN", None)
-    try:
-        supervisor.start(s, components(s))
-        supervisor.wait_healthy(s, timeout=120)
-        token = (s.state / "data" / "api-token").read_text().strip()
+    with embedded_stack(tmp_path_factory.mktemp("fullstack"), {"COO_SPANMETRICS_FLUSH_INTERVAL": "2s"}) as (s, token):
         yield Stack(s, token)
-    finally:
-        supervisor.stop(s)
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 class Stack:

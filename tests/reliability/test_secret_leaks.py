@@ -25,11 +25,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from coo.common.natsserver import free_port
 from coo.common.scrub import scrub_text
 from coo.common.secret_patterns import PATTERN_SPECS
-from coo.stack import supervisor
-from coo.stack.components import StackSettings, components
+from coo.stack.components import StackSettings
+from tests.harness import embedded_stack, missing_stack_tools
 from tests.reliability import helpers
 
 SEED = int(os.environ.get("COO_RELIABILITY_SEED", "20261121"))
@@ -125,34 +124,13 @@ def canaries() -> list[dict]:
     return out
 
 
-def _missing_tools() -> str:
-    parts = components(StackSettings())
-    return "; ".join(f"{c.name}: {c.missing}" for c in parts if c.missing)
-
-
 @pytest.fixture(scope="module")
 def fullstack(tmp_path_factory):
-    if why := _missing_tools():
+    if why := missing_stack_tools():
         pytest.skip(f"the embedded stack is incomplete here ({why}); make test builds it")
     root = tmp_path_factory.mktemp("leaks")
-    ports = {name: free_port() for name in StackSettings.model_fields if name.endswith("_port")}
-    s = StackSettings(host="127.0.0.1", state_dir=root / "state", **ports)
-    saved = dict(os.environ)
-    os.environ.update({
-        "OTEL_BSP_SCHEDULE_DELAY": "300", "OTEL_BLRP_SCHEDULE_DELAY": "300",
-        "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": "span_only",   # prompts on spans
-        "COO_BUDGET_ON_EXCEEDED": "fail",
-    })
-    os.environ.pop("COO_API_TOKEN", None)
-    try:
-        supervisor.start(s, components(s))
-        supervisor.wait_healthy(s, timeout=120)
-        token = (s.state / "data" / "api-token").read_text().strip()
+    with embedded_stack(root) as (s, token):
         yield s, token, root
-    finally:
-        supervisor.stop(s)
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 def _send_bus_exceptions(nats_url: str, state: Path, cans: list[dict]) -> None:
