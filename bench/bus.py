@@ -22,12 +22,15 @@ import asyncio
 import time
 import uuid
 
+from opentelemetry import trace
+
 from bench.common import Config, Result, install_tracing, median, nats_server, percentile, ratio
 
 TITLE = "Bus hop: traced coo.common.bus vs raw nats-py"
 
 RR_BUS = "coo.bench.rr.bus"
 RR_RAW = "coo.bench.rr.raw"
+RR_UNTRACED = "coo.bench.rr.untraced"
 MISSION = "0f3c9a2b7d5e4c1a8b6f9e0d1c2b3a4f"
 
 
@@ -67,13 +70,13 @@ async def _serve_raw(nc) -> None:
     await nc.subscribe(RR_RAW, queue="raw", cb=answer)
 
 
-async def _serve_bus(bus) -> None:
+async def _serve_bus(bus, subject: str = RR_BUS) -> None:
     from coo.v1 import agent_pb2
 
     async def answer(task):
         return _reply_for(task)
 
-    await bus.serve("bench", {RR_BUS: (agent_pb2.AgentTask, answer)})
+    await bus.serve("bench", {subject: (agent_pb2.AgentTask, answer)})
 
 
 def _raw_caller(nc, data: bytes):
@@ -86,11 +89,11 @@ def _raw_caller(nc, data: bytes):
     return call
 
 
-def _bus_caller(bus, task):
+def _bus_caller(bus, task, subject: str = RR_BUS):
     from coo.v1 import agent_pb2
 
     async def call() -> None:
-        await bus.request(RR_BUS, task, agent_pb2.AgentResult, mission_id=MISSION, timeout=10)
+        await bus.request(subject, task, agent_pb2.AgentResult, mission_id=MISSION, timeout=10)
 
     return call
 
@@ -192,18 +195,22 @@ async def _js_latencies(publish, sink: _Sink, n: int) -> list[float]:
 
 # ---------------------------------------------------------------------------- run
 class _Pairs:
-    """Alternating raw/bus chunks (the order flips each pair), so drift and other load on the
-    machine hit both sides alike; each pair gives one ratio, the figure is their median."""
+    """Alternating raw/bus chunks (the order rotates each round), so drift and other load on the
+    machine hit every side alike; each round gives one ratio, the figure is their median.
+    ``untraced`` (the bus with a no-op tracer provider) splits the bus's cost into tracing and
+    the rest, where it is measured."""
 
-    def __init__(self) -> None:
-        self.rate: dict[str, list[float]] = {"raw": [], "bus": []}
-        self.cpu_us: dict[str, list[float]] = {"raw": [], "bus": []}
-        self.latency_us: dict[str, list[float]] = {"raw": [], "bus": []}
+    def __init__(self, sides: tuple[str, ...] = ("raw", "bus")) -> None:
+        self.sides = sides
+        self.rate: dict[str, list[float]] = {s: [] for s in sides}
+        self.cpu_us: dict[str, list[float]] = {s: [] for s in sides}
+        self.latency_us: dict[str, list[float]] = {s: [] for s in sides}
 
     async def run(self, pairs: int, chunk) -> None:
         """``chunk(side)`` runs one chunk and returns (calls made, latencies or None)."""
         for i in range(pairs):
-            for side in (("raw", "bus") if i % 2 == 0 else ("bus", "raw")):
+            k = i % len(self.sides)
+            for side in self.sides[k:] + self.sides[:k]:
                 cpu, wall = time.process_time(), time.perf_counter()
                 calls, lat = await chunk(side)
                 wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
@@ -240,19 +247,26 @@ async def _run(cfg: Config, result: Result) -> None:
         settings = CommonSettings(nats_url=server.url)
         client = await Bus.connect("bench-client", settings)
         srv = await Bus.connect("bench-server", settings)
+        # the same bus with tracing off (a no-op provider), only to split the bus's cost
+        no_tracing = trace.NoOpTracerProvider()
+        client_off = await Bus.connect("bench-client-untraced", settings, tracer_provider=no_tracing)
+        srv_off = await Bus.connect("bench-server-untraced", settings, tracer_provider=no_tracing)
         await client.ensure_topology()
         task = agent_task()
         data = task.SerializeToString()
         await _serve_raw(srv.nc)
         await _serve_bus(srv)
+        await _serve_bus(srv_off, RR_UNTRACED)
         await srv.nc.flush()
-        calls = {"raw": _raw_caller(client.nc, data), "bus": _bus_caller(client, task)}
+        await srv_off.nc.flush()
+        calls = {"raw": _raw_caller(client.nc, data), "bus": _bus_caller(client, task),
+                 "untraced": _bus_caller(client_off, task, RR_UNTRACED)}
 
         # ------------------------------------------------ request/reply
         for side in calls:                     # warm-up
             await _throughput(calls[side], 400, many)
         hops += 400
-        rr1, rr8 = _Pairs(), _Pairs()
+        rr1, rr8 = _Pairs(), _Pairs(("raw", "bus", "untraced"))
         n1, n8 = cfg.n(400, 150), cfg.n(1600, 200)
 
         async def rr_one(side):
@@ -305,19 +319,19 @@ async def _run(cfg: Config, result: Result) -> None:
 
         raw_task.cancel()
         await asyncio.gather(raw_task, return_exceptions=True)
-        await srv.close()
-        await client.close()
+        for b in (srv, client, srv_off, client_off):
+            await b.close()
 
     provider.force_flush(10_000)
     _report(result, {"rr": (rr1, rr8), "js": (js1, js8)}, many, exporter.exported, 2 * hops)
-    result.details["sdk_span_us"] = round(_span_cost(), 2)
+    result.details["span_us"] = _span_cost()
     _explain(result, rr8, many)
     provider.shutdown()
 
 
-def _span_cost(n: int = 3000) -> float:
+def _span_cost(n: int = 3000) -> dict[str, float]:
     """µs to start and end one span like the bus's (seven attributes, a mission in baggage) with
-    the production processors: the part of a hop that belongs to the OTel SDK, not to the bus."""
+    the production processors, by the SDK's own tracer and by the bus's lean tracer."""
     from opentelemetry import baggage
     from opentelemetry.processor.baggage import BaggageSpanProcessor
     from opentelemetry.sdk.trace import TracerProvider
@@ -325,36 +339,40 @@ def _span_cost(n: int = 3000) -> float:
     from opentelemetry.trace import SpanKind
 
     from bench.common import CountingExporter
+    from coo.common.spans import LeanTracer
 
     provider = TracerProvider()           # the production processors; a queue that never drops here
     provider.add_span_processor(BaggageSpanProcessor(lambda key: key == "mission.id"))
     provider.add_span_processor(BatchSpanProcessor(CountingExporter(), max_queue_size=4 * n))
-    tracer = provider.get_tracer("bench")
+    tracers = {"sdk": provider.get_tracer("bench"), "lean": LeanTracer("bench", provider)}
     parent = baggage.set_baggage("mission.id", MISSION)
     attrs = {"messaging.system": "nats", "messaging.operation.type": "send", "messaging.operation.name": "send",
              "messaging.destination.name": "coo.tasks.engineer", "messaging.destination.template": "coo.tasks.engineer",
              "messaging.message.id": "x" * 32, "messaging.message.body.size": 2048}
-    best = float("inf")
+    best = {name: float("inf") for name in tracers}
     for _ in range(3):
-        start = time.perf_counter()
-        for _ in range(n):
-            tracer.start_span("send coo.tasks.engineer", context=parent, kind=SpanKind.PRODUCER,
-                              attributes=attrs).end()
-        best = min(best, (time.perf_counter() - start) / n * 1e6)
-        provider.force_flush()
+        for name, tracer in tracers.items():
+            start = time.perf_counter()
+            for _ in range(n):
+                tracer.start_span("send coo.tasks.engineer", context=parent, kind=SpanKind.PRODUCER,
+                                  attributes=attrs).end()
+            best[name] = min(best[name], (time.perf_counter() - start) / n * 1e6)
+            provider.force_flush()
     provider.shutdown()
-    return best
+    return {name: round(us, 2) for name, us in best.items()}
 
 
 def _explain(result: Result, lots: _Pairs, many: int) -> None:
     cpu = {s: median(v) for s, v in lots.cpu_us.items()}
-    span = result.details["sdk_span_us"]
+    span = result.details["span_us"]
     result.notes.append(
         f"one caller is latency-bound (DESIGN §8's calibration: a naive hand-instrumented hop ran at 0.66x); "
         f"with {many} callers this one process's CPU is the limit, so that ratio is the CPU ratio: "
         f"{cpu['raw']:.0f} µs (raw) vs {cpu['bus']:.0f} µs (bus) of CPU per request/reply hop, client and "
-        f"server together, of which the two SDK spans alone take ~{2 * span:.0f} µs ({span:.1f} µs to start "
-        f"and end one, measured here)")
+        f"server together; the same bus with tracing off takes {cpu['untraced']:.0f} µs, so tracing (two spans, "
+        f"trace context in and out) costs {cpu['bus'] - cpu['untraced']:.0f} µs a hop and the rest of the bus "
+        f"(headers, a task per request, nats.micro, metrics, log context) {cpu['untraced'] - cpu['raw']:.0f} µs. "
+        f"One bus span takes {span['lean']:.1f} µs to start and end (the SDK's own tracer: {span['sdk']:.1f} µs)")
 
 
 def _report(result: Result, runs: dict, many: int, spans: int, spans_expected: int) -> None:
@@ -365,6 +383,12 @@ def _report(result: Result, runs: dict, many: int, spans: int, spans_expected: i
             result.add(f"{label}: throughput, {callers} caller{'s' if callers > 1 else ''}",
                        median(pairs.rate["bus"]), median(pairs.rate["raw"]), "msg/s", median(pairs.ratios()),
                        "x raw nats-py", "raw nats-py", goal=0.90)
+        cpu = {s: median(v) for s, v in lots.cpu_us.items()}
+        result.add(f"{label}: CPU per hop, {many} callers", cpu["bus"], cpu["raw"], "µs", ratio(cpu["bus"], cpu["raw"]),
+                   "x raw CPU", "raw nats-py", higher_is_better=False)
+        if "untraced" in cpu:
+            result.add(f"{label}: CPU per hop, {many} callers, tracing off", cpu["untraced"], cpu["raw"], "µs",
+                       ratio(cpu["untraced"], cpu["raw"]), "x raw CPU", "raw nats-py", higher_is_better=False)
         for p in (50, 99):
             raw_l, bus_l = percentile(one.latency_us["raw"], p), percentile(one.latency_us["bus"], p)
             result.add(f"{label}: p{p} latency added per hop", bus_l - raw_l, raw_l, "µs",

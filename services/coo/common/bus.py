@@ -45,6 +45,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from coo.common import metrics, topology
 from coo.common.config import CommonSettings
 from coo.common.scrub import scrub_text
+from coo.common.spans import LeanTracer
 from coo.common.telemetry import get_logger
 
 log = get_logger("coo.bus")
@@ -287,24 +288,6 @@ def _route(subject: str) -> _Route:
     return route
 
 
-def _end_and_count(span, end_time: int, counter) -> None:
-    span.end(end_time=end_time)
-    counter.inc()
-
-
-def _after_reply(span, counter) -> None:
-    """End the span (at this instant) and count, once the reply is on its way.
-
-    ``respond`` only queues the reply for the connection's flusher task; ending the span first
-    would delay the reply by that work. ``call_soon`` runs it right after the flusher wrote
-    the reply (which was woken first), while the reply travels, off the requester's path."""
-    end_time = time.time_ns()
-    try:
-        asyncio.get_running_loop().call_soon(_end_and_count, span, end_time, counter)
-    except RuntimeError:            # no running loop (cannot happen inside a handler): at once
-        _end_and_count(span, end_time, counter)
-
-
 _accepted_by_class: dict = {}
 
 
@@ -380,12 +363,13 @@ def _retry_delay(num_delivered: int) -> float:
 
 
 class Bus:
-    def __init__(self, nc: NATS, service: str, settings: CommonSettings) -> None:
+    def __init__(self, nc: NATS, service: str, settings: CommonSettings, *,
+                 tracer_provider: trace.TracerProvider | None = None) -> None:
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream()
         self.service = service
         self.settings = settings
-        self._tracer = trace.get_tracer("coo.bus")
+        self._tracer = LeanTracer("coo.bus", tracer_provider)   # None: the global provider
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._micro: list[nats.micro.Service] = []
@@ -395,7 +379,8 @@ class Bus:
     # ------------------------------------------------------------------ connection
     @classmethod
     async def connect(cls, service: str, settings: CommonSettings | None = None, *,
-                      servers: list[str] | None = None, connect_timeout: float = 5.0) -> "Bus":
+                      servers: list[str] | None = None, connect_timeout: float = 5.0,
+                      tracer_provider: trace.TracerProvider | None = None) -> "Bus":
         settings = settings or CommonSettings()
         blog = log.bind(service=service)
 
@@ -428,7 +413,7 @@ class Bus:
             allow_reconnect=True, error_cb=error_cb, disconnected_cb=disconnected_cb,
             reconnected_cb=reconnected_cb, closed_cb=closed_cb, **options,
         )
-        bus = cls(nc, service, settings)
+        bus = cls(nc, service, settings, tracer_provider=tracer_provider)
         bus._closing = closing
         return bus
 
@@ -675,14 +660,15 @@ class Bus:
             token = context.attach(trace.set_span_in_context(span, parent))
             outcome = "ok"
             try:
-                bound = _bind_mission(headers.get(HEADER_MISSION))
+                bound = _bind_mission(baggage.get_baggage(MISSION_BAGGAGE_KEY, parent))
                 try:
                     outcome = await self._answer(req, headers, accepted, fn, span, subject)
                 finally:
                     _unbind_mission(bound)
             finally:
                 context.detach(token)
-                _after_reply(span, _metric(metrics.BUS_REQUESTS, subject, "served", outcome))
+                span.end()          # the reply is only queued for the flusher: this does not delay it
+                _metric(metrics.BUS_REQUESTS, subject, "served", outcome).inc()
 
         return handle
 
@@ -692,7 +678,7 @@ class Bus:
         try:
             request = decode(headers, req.data, accepted)
             reply = await fn(request)
-            await req.respond(reply.SerializeToString(), headers={HEADER_TYPE: type_name(reply)})
+            await req.respond(reply.SerializeToString())     # one reply type per endpoint: no header needed
             return "ok"
         except InvalidMessage as exc:
             span.set_status(Status(StatusCode.ERROR, "invalid request"))
@@ -715,9 +701,7 @@ class Bus:
             parent = context.get_current()
         span = self._tracer.start_span(route.request_name, context=parent, kind=SpanKind.PRODUCER,
                                        attributes=route.request_attributes)
-        headers = {HEADER_TYPE: type_name(message)}
-        if mission_id:
-            headers[HEADER_MISSION] = mission_id
+        headers = {HEADER_TYPE: type_name(message)}       # the mission travels in the baggage
         inject_trace_context(headers, span, parent)
         outcome = "ok"
         try:
