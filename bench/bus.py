@@ -266,7 +266,7 @@ async def _run(cfg: Config, result: Result) -> None:
         for side in calls:                     # warm-up
             await _throughput(calls[side], 400, many)
         hops += 400
-        rr1, rr8 = _Pairs(), _Pairs(("raw", "bus", "untraced"))
+        rr1, rr8 = _Pairs(("raw", "bus", "untraced")), _Pairs(("raw", "bus", "untraced"))
         n1, n8 = cfg.n(400, 150), cfg.n(1600, 200)
 
         async def rr_one(side):
@@ -325,7 +325,7 @@ async def _run(cfg: Config, result: Result) -> None:
     provider.force_flush(10_000)
     _report(result, {"rr": (rr1, rr8), "js": (js1, js8)}, many, exporter.exported, 2 * hops)
     result.details["span_us"] = _span_cost()
-    _explain(result, rr8, many)
+    _explain(result, rr1, rr8, many)
     provider.shutdown()
 
 
@@ -362,17 +362,20 @@ def _span_cost(n: int = 3000) -> dict[str, float]:
     return {name: round(us, 2) for name, us in best.items()}
 
 
-def _explain(result: Result, lots: _Pairs, many: int) -> None:
+def _explain(result: Result, one: _Pairs, lots: _Pairs, many: int) -> None:
     cpu = {s: median(v) for s, v in lots.cpu_us.items()}
+    p50 = {s: percentile(v, 50) for s, v in one.latency_us.items()}
     span = result.details["span_us"]
     result.notes.append(
-        f"one caller is latency-bound (DESIGN §8's calibration: a naive hand-instrumented hop ran at 0.66x); "
-        f"with {many} callers this one process's CPU is the limit, so that ratio is the CPU ratio: "
-        f"{cpu['raw']:.0f} µs (raw) vs {cpu['bus']:.0f} µs (bus) of CPU per request/reply hop, client and "
-        f"server together; the same bus with tracing off takes {cpu['untraced']:.0f} µs, so tracing (two spans, "
-        f"trace context in and out) costs {cpu['bus'] - cpu['untraced']:.0f} µs a hop and the rest of the bus "
-        f"(headers, a task per request, nats.micro, metrics, log context) {cpu['untraced'] - cpu['raw']:.0f} µs. "
-        f"One bus span takes {span['lean']:.1f} µs to start and end (the SDK's own tracer: {span['sdk']:.1f} µs)")
+        f"one caller is latency-bound (DESIGN §8's calibration: a naive hand-instrumented hop ran at 0.66x): "
+        f"p50 {p50['raw']:.0f} µs raw, {p50['untraced']:.0f} µs through the bus with tracing off, "
+        f"{p50['bus']:.0f} µs traced. With {many} callers this one process's CPU is the limit, so that ratio is "
+        f"the CPU ratio: {cpu['raw']:.0f} µs (raw) vs {cpu['bus']:.0f} µs (bus) of CPU per request/reply hop, "
+        f"client and server together; the same bus with tracing off takes {cpu['untraced']:.0f} µs, so tracing "
+        f"(two spans, trace context in and out) costs {cpu['bus'] - cpu['untraced']:.0f} µs a hop and the rest "
+        f"of the bus (headers, a task per request, nats.micro, metrics, log context) "
+        f"{cpu['untraced'] - cpu['raw']:.0f} µs. One bus span takes {span['lean']:.1f} µs to start and end "
+        f"(the SDK's own tracer: {span['sdk']:.1f} µs)")
 
 
 def _report(result: Result, runs: dict, many: int, spans: int, spans_expected: int) -> None:
