@@ -61,10 +61,12 @@ def bus(res: dict, path: Path) -> Path | None:
         return None
     fig, axes = plt.subplots(1, len(panels), figsize=(11, 3.8), squeeze=False)
     for ax, (key, title) in zip(axes[0], panels):
-        for side, color, label in (("raw", RAW, "raw nats-py"), ("bus", OURS, "coo.common.bus, traced")):
+        for side, color, style, label in (("raw", RAW, "-", "raw nats-py"),
+                                          ("untraced", OURS, "--", "coo.common.bus, tracing off"),
+                                          ("bus", OURS, "-", "coo.common.bus, traced")):
             xs = sorted(series[key].get(side, []))
             if xs:
-                ax.plot(xs, [(i + 1) / len(xs) for i in range(len(xs))], color=color, label=label)
+                ax.plot(xs, [(i + 1) / len(xs) for i in range(len(xs))], color=color, linestyle=style, label=label)
         ax.set_xscale("log")
         ax.set_xlabel("latency per hop (µs)")
         ax.set_ylabel("fraction of hops")
