@@ -591,15 +591,48 @@ def _env_true(value: str | None) -> bool:
 PII_FROM_ENV = _env_true(os.environ.get("COO_SCRUB_PII"))
 
 
+# Log fields repeat: event names, models, roles, statuses, subjects, outcomes... The structlog
+# processor remembers the short strings it found nothing in, per PII setting, and skips them
+# the next time (a set lookup instead of ~1.5 µs of scrubbing). Only strings given back
+# unchanged are kept, so no secret is held here; bounded: cleared when full.
+_CLEAN_MAX_LEN = 256
+_CLEAN_MAX = 4096
+_CLEAN: tuple[set, set] = (set(), set())
+_SECRET_KEY: dict = {}     # field name -> is_secret_key(name), same bound
+
+
+def _is_secret_field(key: Any) -> bool:
+    secret = _SECRET_KEY.get(key) if type(key) is str else None
+    if secret is None:
+        secret = is_secret_key(key)
+        if type(key) is str:
+            if len(_SECRET_KEY) >= _CLEAN_MAX:
+                _SECRET_KEY.clear()
+            _SECRET_KEY[key] = secret
+    return secret
+
+
 def structlog_processor(logger: Any, method_name: str, event_dict: dict) -> dict:
     """structlog processor: scrubs every value of the event dict in place (secret-named keys are
     replaced wholesale) and returns it. Put it after ``format_exc_info`` so tracebacks are scrubbed."""
     pii = PII_FROM_ENV
+    clean = _CLEAN[pii]
     try:
         for key, value in event_dict.items():
-            if is_secret_key(key):
+            if _is_secret_field(key):
                 event_dict[key] = SECRET_MARKER
-            elif type(value) not in _SCALARS:
+                continue
+            t = type(value)
+            if t is str:
+                if value in clean:
+                    continue
+                scrubbed = _scrub_str(value, pii, set(), 0)
+                if len(value) <= _CLEAN_MAX_LEN and scrubbed == value:
+                    if len(clean) >= _CLEAN_MAX:
+                        clean.clear()
+                    clean.add(value)
+                event_dict[key] = scrubbed
+            elif t not in _SCALARS:
                 event_dict[key] = _scrub(value, pii, set(), 0)
         return event_dict
     except Exception:  # noqa: BLE001 - fail closed, keep the line
