@@ -7,6 +7,11 @@ mission's limit is set so that it is hit near the end of the phase (the last res
 refused). Afterwards the ledger is read back: overspend (spent + reserved above the limit) must be
 exactly 0. Every phase runs on a fresh nats-server (a fresh ledger) with fresh replicas.
 
+Details per phase also count what an operation costs: compare-and-set conflicts (the replicas'
+``coo_budget_cas_conflicts_total``, summed) and messages published into nats-server (its
+``/varz`` ``in_msgs``: the client's requests, the replies and every ledger KV call), per attempted
+operation, both read just before and just after the timed part.
+
 Baseline, measured in the same run on the same server: raw nats-py request/reply round trips per
 second to a trivial responder process, at the same concurrency; an operation is two round trips
 (reserve, settle), so the ratio says what the ledger costs per operation.
@@ -101,6 +106,7 @@ async def echo_main(url: str) -> None:
 # ----------------------------------------------------------------------- load
 async def _echo_rate(url: str, clients: int, seconds: float) -> float:
     import nats
+    import nats.errors
 
     from coo.v1 import budget_pb2
 
@@ -116,6 +122,15 @@ async def _echo_rate(url: str, clients: int, seconds: float) -> float:
             await nc.request(ECHO_SUBJECT, payload, timeout=10)
             count += 1
 
+    deadline = time.monotonic() + 30
+    while True:     # the responder process may still be starting (a loaded machine takes a while)
+        try:
+            await nc.request(ECHO_SUBJECT, payload, timeout=10)
+            break
+        except nats.errors.NoRespondersError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
     for _ in range(20):
         await nc.request(ECHO_SUBJECT, payload, timeout=10)
     start = time.perf_counter()
@@ -125,7 +140,27 @@ async def _echo_rate(url: str, clients: int, seconds: float) -> float:
     return rate
 
 
-async def _budget_phase(url: str, tag: str, clients: int, ops_per_client: int) -> dict:
+def _counters(monitor_url: str | None, metrics_urls: list[str]) -> tuple[float, float]:
+    """(nats-server in_msgs, sum of the replicas' CAS conflicts); NaN where unreadable."""
+    msgs = conflicts = float("nan")
+    if monitor_url:
+        with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
+            msgs = float(httpx.get(f"{monitor_url}/varz", timeout=5).json()["in_msgs"])
+    total = 0.0
+    for url in metrics_urls:
+        try:
+            text = httpx.get(url, timeout=5).text
+        except httpx.HTTPError:
+            return msgs, float("nan")
+        total += sum(float(line.split()[-1]) for line in text.splitlines()
+                     if line.startswith("coo_budget_cas_conflicts_total "))
+    if metrics_urls:
+        conflicts = total
+    return msgs, conflicts
+
+
+async def _budget_phase(url: str, tag: str, clients: int, ops_per_client: int, *, monitor_url: str | None = None,
+                        metrics_urls: list[str] = ()) -> dict:
     """``clients`` tasks, each doing reserve+settle ``ops_per_client`` times; limits hit at the end."""
     from coo.budget.client import BudgetClient
     from coo.common.bus import Bus
@@ -154,9 +189,11 @@ async def _budget_phase(url: str, tag: str, clients: int, ops_per_client: int) -
             await client.settle(rid, mission, MODEL, INPUT_TOKENS, ACTUAL_OUTPUT)
             done += 1
 
+    msgs0, conflicts0 = _counters(monitor_url, list(metrics_urls))
     start = time.perf_counter()
     await asyncio.gather(*(worker(k) for k in range(clients)))
     seconds = time.perf_counter() - start
+    msgs1, conflicts1 = _counters(monitor_url, list(metrics_urls))
     overspend = 0.0
     worst = 0.0
     for m, limit in limits.items():
@@ -168,7 +205,9 @@ async def _budget_phase(url: str, tag: str, clients: int, ops_per_client: int) -
     await bus.close()
     attempts = clients * ops_per_client
     return {"ops_per_s": attempts / seconds, "settled": done, "refused": refused, "seconds": seconds,
-            "overspend_usd": overspend, "max_used_share_of_limit": worst, "missions": len(missions)}
+            "overspend_usd": overspend, "max_used_share_of_limit": worst, "missions": len(missions),
+            "cas_conflicts_per_op": (conflicts1 - conflicts0) / attempts,
+            "server_msgs_in_per_op": (msgs1 - msgs0) / attempts}
 
 
 # ------------------------------------------------------------------------ run
@@ -185,6 +224,7 @@ def _replicas(n: int, url: str, endpoint: str, logs: Path) -> list[subprocess.Po
                 "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "COO_BUDGET_DAILY_USD": "0",
                 "COO_BUDGET_MONTHLY_USD": "0"}), logs / f"budget-{i}.log"))
             _wait_http(f"http://127.0.0.1:{port}/healthz", procs[-1])
+            procs[-1].metrics_url = f"http://127.0.0.1:{port}/metrics"
     except BaseException:
         _stop(procs)
         raise
@@ -215,8 +255,9 @@ def run(cfg: Config) -> Result:
                     replicas = _replicas(n_replicas, server.url, endpoint, logs)
                     try:
                         asyncio.run(_budget_phase(server.url, f"warm{n_replicas}{c}", 4, 3))
-                        table[f"budget_{n_replicas}x_{c}"] = asyncio.run(
-                            _budget_phase(server.url, f"r{n_replicas}c{c}", c, ops[c]))
+                        table[f"budget_{n_replicas}x_{c}"] = asyncio.run(_budget_phase(
+                            server.url, f"r{n_replicas}c{c}", c, ops[c], monitor_url=server.monitor_url,
+                            metrics_urls=[p.metrics_url for p in replicas]))
                     finally:
                         _stop(replicas)
     overspend = 0.0
@@ -241,6 +282,12 @@ def run(cfg: Config) -> Result:
     }
     result.notes.append(f"every mission's limit was hit ({refused} reservations refused in all); "
                         f"overspend {overspend:.9f} USD; replicas export telemetry to {what}")
+    result.notes.append("per operation (1/8/32 clients): CAS conflicts " + "; ".join(
+        f"{n} replica{'s' if n > 1 else ''} " + "/".join(
+            f"{table[f'budget_{n}x_{c}']['cas_conflicts_per_op']:.2f}" for c in levels) for n in (1, 2))
+        + "; messages into nats-server " + "; ".join(
+        f"{n} replica{'s' if n > 1 else ''} " + "/".join(
+            f"{table[f'budget_{n}x_{c}']['server_msgs_in_per_op']:.1f}" for c in levels) for n in (1, 2)))
     return result
 
 

@@ -448,3 +448,223 @@ async def test_service_runs_with_health_and_metrics(nats_server):
         await client_bus.close()
         stop.set()
         await asyncio.wait_for(task, timeout=15)
+
+
+# ------------------------------------------------------------------ group commit, caching
+def reserve_req(rid: str, mission: str, input_tokens: int = 100, output_tokens: int = 0) -> budget_pb2.ReserveRequest:
+    return budget_pb2.ReserveRequest(reservation_id=rid, mission_id=mission, model="t-model",
+                                     input_tokens=input_tokens, max_output_tokens=output_tokens)
+
+
+def settle_req(rid: str, mission: str, input_tokens: int = 100) -> budget_pb2.SettleRequest:
+    return budget_pb2.SettleRequest(reservation_id=rid, mission_id=mission, model="t-model",
+                                    input_tokens=input_tokens, output_tokens=0)
+
+
+@pytest.fixture
+async def two_ledgers(settings):
+    """Two ledgers on two NATS connections: two replicas, as the group commit sees them."""
+    buses = [await Bus.connect(f"ledger-{i}", settings) for i in range(2)]
+    await buses[0].ensure_topology()
+    ledgers = [await Ledger.open(b.js, settings) for b in buses]
+    try:
+        yield ledgers
+    finally:
+        for lg in ledgers:
+            await lg.close()
+        for b in buses:
+            await b.close()
+
+
+async def test_many_concurrent_reservations_on_two_replicas_give_exactly_the_allowed_number(budget, replicas):
+    """120 reservations at once through two service replicas, six missions of $0.7 and a day of $3:
+    exactly 30 pass (the day binds before the missions), none leaks, settling charges each once."""
+    await budget.set_limit("daily", limit_usd=3.0)
+    missions = [f"gc-m{k}" for k in range(6)]
+    for m in missions:
+        await budget.set_limit("mission", mission_id=m, limit_usd=0.7)
+    replies = await asyncio.gather(*(budget.reserve(f"gc-{i}", missions[i % 6], "t-model", 100, 0)
+                                     for i in range(120)))
+    ok = [(i, r) for i, r in enumerate(replies) if r.ok]
+    assert len(ok) == 30
+    assert {r.scope for r in replies if not r.ok} <= {MISSION, DAILY}
+    per_mission = {m: sum(1 for i, _ in ok if missions[i % 6] == m) for m in missions}
+    assert all(n <= 7 for n in per_mission.values()), per_mission
+    day = scope(await budget.status(), DAILY)
+    assert round(day.reserved_usd * 1e9) == 3_000_000_000 and day.reservations == 30
+    reserved = 0
+    for m in missions:
+        s = scope(await budget.status(m), MISSION)
+        assert s.reservations == per_mission[m]
+        reserved += round(s.reserved_usd * 1e9)
+    assert reserved == 3_000_000_000                                        # refusals rolled back exactly
+
+    settles = await asyncio.gather(*(budget.settle(f"gc-{i}", missions[i % 6], "t-model", 100, 0) for i, _ in ok))
+    assert all(s.ok and not s.over_limit for s in settles)
+    day = scope(await budget.status(), DAILY)
+    assert round(day.spent_usd * 1e9) == 3_000_000_000 and day.reserved_usd == 0 and day.reservations == 0
+    spent = sum([round(scope(await budget.status(m), MISSION).spent_usd * 1e9) for m in missions])
+    assert spent == 3_000_000_000                                           # overspend exactly 0
+    assert all(sum(e.num_requests for e in svc.bus._micro[0].stats().endpoints if e.subject == SUBJECT_RESERVE) > 0
+               for svc in replicas)
+
+
+async def test_group_commit_coalesces_steps_and_stays_exact_across_two_replicas(two_ledgers):
+    """Many reservations at once on two ledgers: several steps go into one compare-and-set write,
+    conflicts only happen between the replicas, and the limit is met exactly."""
+    a, b = two_ledgers
+    await a.set_limit(budget_pb2.SetLimitRequest(scope=MISSION, mission_id="gm", limit_usd=4.0))   # 40 x $0.1
+    replies = await asyncio.gather(*((a, b)[i % 2].reserve(reserve_req(f"g-{i}", "gm")) for i in range(100)))
+    ok = [i for i, (r, _) in enumerate(replies) if r.ok]
+    assert len(ok) == 40
+    for lg in (a, b):
+        assert lg.stats["steps"] > lg.stats["groups"]                       # steps were coalesced
+    await asyncio.gather(*((b, a)[i % 2].settle(settle_req(f"g-{i}", "gm")) for i in ok))
+    (m, _), (d, _), (mo, _) = await a.scopes("gm")
+    for s in (m, d, mo):
+        assert s.spent_nusd == 4_000_000_000 and s.open == {} and s.spent_tokens == 4000
+        assert s.closed == {}            # complete reservations (and refusals by the first scope) leave no marker
+
+
+async def test_same_reservation_at_once_on_two_replicas_counts_once(two_ledgers):
+    a, b = two_ledgers
+    replies = await asyncio.gather(*((a, b)[i % 2].reserve(reserve_req("same-1", "gs", 100, 100)) for i in range(10)))
+    assert all(r.ok for r, _ in replies)                                     # the others answer from it
+    (m, _), (d, _), _ = await a.scopes("gs")
+    assert m.open == {"same-1": [300_000_000, 200]} and d.open == {"same-1": [300_000_000, 200]}
+    settled = await asyncio.gather(*((a, b)[i % 2].settle(settle_req("same-1", "gs", 100)) for i in range(10)))
+    assert all(r.ok and r.cost_usd == pytest.approx(0.1) for r, _ in settled)
+    for s, _ in await b.scopes("gs"):
+        assert s.spent_nusd == 100_000_000 and s.open == {}                   # charged once per scope
+    released = await asyncio.gather(*((a, b)[i % 2].release(budget_pb2.ReleaseRequest(reservation_id="same-1"))
+                                      for i in range(4)))
+    assert all(r.ok and r.released_usd == 0 for r, _ in released)
+
+
+async def test_a_remembered_state_never_decides_alone(two_ledgers):
+    """Replica A keeps the day it wrote last; B changes the day behind its back. A refusal is
+    re-checked on a fresh read, and a grant on the stale state loses its compare-and-set."""
+    a, b = two_ledgers
+    await a.set_limit(budget_pb2.SetLimitRequest(scope=DAILY, limit_usd=0.2))
+    assert (await a.reserve(reserve_req("s-1", "sa")))[0].ok
+    assert (await a.reserve(reserve_req("s-2", "sb")))[0].ok                  # A remembers a full day
+    assert (await b.release(budget_pb2.ReleaseRequest(reservation_id="s-1")))[0].ok
+    reply, _ = await a.reserve(reserve_req("s-3", "sc"))
+    assert reply.ok                                                         # not refused on the stale day
+
+    assert (await a.release(budget_pb2.ReleaseRequest(reservation_id="s-2")))[0].ok   # A: room for one
+    assert (await b.reserve(reserve_req("s-4", "sd")))[0].ok                # the day is full again...
+    conflicts = a.stats["cas_conflicts"]
+    reply, _ = await a.reserve(reserve_req("s-5", "se"))                    # ...but A remembers room
+    assert not reply.ok and reply.scope == DAILY
+    assert a.stats["cas_conflicts"] > conflicts                             # its stale write lost the race
+    day = next(s for s, _ in await a.scopes() if s.scope == "daily")
+    assert day.reserved_nusd == 200_000_000 and sorted(day.open) == ["s-3", "s-4"]
+    (m, _), _, _ = await a.scopes("se")
+    assert m.open == {}                                                     # its mission step rolled back
+
+
+async def test_round_trips_per_operation_and_markers_pruned_by_the_next_write(bus, settings):
+    """One replica, warm: a reserve+settle reads no scope ledger back (it wrote them last) and
+    leaves no closed marker; a refusal's rollback does, and the first write after
+    budget_marker_seconds drops it."""
+    now = [1_790_000_000.0]
+    ledger = await Ledger.open(bus.js, settings, clock=lambda: now[0])
+    try:
+        assert (await ledger.reserve(reserve_req("rt-0", "rt")))[0].ok
+        await ledger.settle(settle_req("rt-0", "rt"))
+        before = dict(ledger.stats)
+        assert (await ledger.reserve(reserve_req("rt-1", "rt")))[0].ok
+        await ledger.settle(settle_req("rt-1", "rt"))
+        delta = {k: ledger.stats[k] - before[k] for k in before}
+        # reserve: record + done + two limits read at once; settle: record + limits; nothing else
+        assert delta["gets"] == 7, delta
+        # pending, 3 scopes, reserved; settling, 3 scopes, done; then one purge
+        assert delta["writes"] == 10 and delta["purges"] == 1 and delta["cas_conflicts"] == 0, delta
+        scopes = {s.scope: s for s, _ in await ledger.scopes("rt")}
+        assert all(s.closed == {} and s.open == {} for s in scopes.values())
+        assert scopes["mission"].spent_nusd == scopes["daily"].spent_nusd == 200_000_000
+
+        refused, _ = await ledger.reserve(reserve_req("rt-big", "rt", 100, 400))       # $0.9 > $0.8 left
+        assert not refused.ok and refused.scope == MISSION
+        await ledger.set_limit(budget_pb2.SetLimitRequest(scope=DAILY, limit_usd=0.25))   # $0.2 spent
+        refused, _ = await ledger.reserve(reserve_req("rt-2", "rt2"))                   # the day refuses...
+        assert not refused.ok and refused.scope == DAILY
+        (m2, _), _, _ = await ledger.scopes("rt2")
+        assert m2.open == {} and list(m2.closed) == ["rt-2"]                            # ...its mission rolled back
+        now[0] += settings.budget_marker_seconds + 1
+        await ledger.set_limit(budget_pb2.SetLimitRequest(scope=DAILY, limit_usd=0))
+        assert (await ledger.reserve(reserve_req("rt-3", "rt2")))[0].ok
+        (m2, _), _, _ = await ledger.scopes("rt2")
+        assert m2.closed == {} and list(m2.open) == ["rt-3"]
+    finally:
+        await ledger.close()
+
+
+async def test_a_refused_reservation_retried_with_its_id_is_refused_again(budget):
+    """The retry of a refused request (e.g. its reply was lost) must not be granted half-counted:
+    the mission scope that rolled it back remembers the id."""
+    await budget.set_limit("daily", limit_usd=0.15)
+    assert (await budget.reserve("x-1", "m-x1", "t-model", 100, 0)).ok           # $0.1 of the day's $0.15
+    first = await budget.reserve("x-2", "m-x2", "t-model", 100, 0)
+    assert not first.ok and first.scope == DAILY                                   # mission m-x2 rolled back
+    assert (await budget.release("x-1", "m-x1")).ok                                # the day has room again
+    retry = await budget.reserve("x-2", "m-x2", "t-model", 100, 0)
+    assert not retry.ok and "refused" in retry.reason
+    st = await budget.status("m-x2")
+    assert scope(st, MISSION).reserved_usd == 0 and scope(st, DAILY).reserved_usd == 0
+    assert (await budget.reserve("x-3", "m-x2", "t-model", 100, 0)).ok             # a new id is fine
+    st = await budget.status("m-x2")
+    assert scope(st, MISSION).reservations == 1 and scope(st, DAILY).reservations == 1
+
+
+async def test_concurrent_requests_share_limit_reads_and_see_a_limit_set_before(two_ledgers):
+    a, b = two_ledgers
+    before = b.stats["gets"]
+    results = await asyncio.gather(*(b.global_limits() for _ in range(20)))
+    assert all(r == results[0] for r in results)
+    assert b.stats["gets"] - before <= 4                                    # two shared reads at most
+    await a.set_limit(budget_pb2.SetLimitRequest(scope=DAILY, limit_usd=0.1))
+    assert (await b.global_limits())[L.DAILY].nusd == 100_000_000           # answered before: seen
+    replies = await asyncio.gather(*(b.reserve(reserve_req(f"lim-{i}", f"lm-{i}")) for i in range(5)))
+    assert sum(r.ok for r, _ in replies) == 1
+    day = next(s for s, _ in await a.scopes() if s.scope == "daily")
+    assert day.reserved_nusd == 100_000_000
+
+
+async def test_remembered_keys_are_bounded(bus, settings, monkeypatch):
+    monkeypatch.setattr(L, "_KEYS_MAX", 8)
+    ledger = await Ledger.open(bus.js, settings)
+    try:
+        for i in range(20):
+            assert (await ledger.reserve(reserve_req(f"ev-{i}", f"ev-m{i}")))[0].ok
+        assert len(ledger._keys) <= 8
+        assert L.day_key(ledger.clock()) in ledger._keys                     # the busy keys stay
+        assert (await ledger.settle(settle_req("ev-0", "ev-m0")))[0].ok      # a forgotten key is read again
+        (m, _), _, _ = await ledger.scopes("ev-m0")
+        assert m.spent_nusd == 100_000_000 and m.open == {}
+    finally:
+        await ledger.close()
+
+
+async def test_half_done_settle_of_a_complete_reservation_is_finished_once_by_two_sweepers(two_ledgers, settings):
+    """A replica died after settling the mission scope of a complete reservation (no marker
+    written): both replicas' sweepers drive it at once, and every scope is charged exactly once."""
+    a, b = two_ledgers
+    assert (await a.reserve(reserve_req("k-1", "mk", 100, 100)))[0].ok             # $0.3 reserved
+    rec = L.Record.decode((await a._get(L.res_key("k-1")))[0])
+    assert rec.state == L.RESERVED
+    _, rev = await a._get(L.res_key("k-1"))
+    rec.state, rec.complete, rec.cost_nusd, rec.input_tokens = L.SETTLING, True, 100_000_000, 100
+    rec.updated_at = a.clock() - 60                                                # stuck long enough
+    rev = await a._write(L.res_key("k-1"), rec.encode(), rev)
+    limit_of = a._limit_fn(await a.global_limits())
+    await a._cas(rec.scopes[0], a._settle_step("k-1", 100_000_000, 100, limit_of, a.clock(), marked=False))
+    await asyncio.gather(a.sweep(), b.sweep(), a.sweep())
+    for s, _ in await a.scopes("mk"):
+        assert s.spent_nusd == 100_000_000 and s.spent_tokens == 100 and s.open == {} and s.closed == {}
+    assert await a.scan("res.>") == []
+    again, _ = await b.settle(settle_req("k-1", "mk"))                              # a retried settle
+    assert again.ok and again.cost_usd == pytest.approx(0.1)
+    for s, _ in await b.scopes("mk"):
+        assert s.spent_nusd == 100_000_000

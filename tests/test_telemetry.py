@@ -23,7 +23,7 @@ from coo.common import scrub as scrub_mod
 from coo.common import telemetry
 from coo.common.scrub import SECRET_MARKER, scrub_text, structlog_processor
 
-SECRET = "sk-proj-" + "Ab3dE6gH9jK2mN5pQ8sT1vW4yZ7bC0eF"
+SECRET = "sk-proj-" + "Ab3dE6gH9jK2mN5pQ8sT1vW4yZ7bC0eF"  # a fake key, made for these tests
 
 
 @pytest.fixture
@@ -229,7 +229,7 @@ def test_scrubbers_memory_of_clean_values_never_holds_a_secret(monkeypatch):
     monkeypatch.setattr(scrub_mod, "_CLEAN", (set(), set()))
     for _ in range(3):
         event = structlog_processor(None, "info", {"event": "status changed", "error": f"bad key {SECRET}",
-                                                   "password": "status changed", "long": "x" * 300})
+                                                   "password": "status changed", "long": "x" * 300})  # fake
         assert event["error"] == "bad key [REDACTED:openai_key]" and event["password"] == SECRET_MARKER
         assert event["event"] == "status changed" and event["long"] == "x" * 300
     clean = scrub_mod._CLEAN[scrub_mod.PII_FROM_ENV]

