@@ -3,15 +3,18 @@ a nats-server, mockllm (answering at once), budget, sandbox (bubblewrap), agent(
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import os
+import queue
 import re
 import shutil
 import signal
 import subprocess
 import tempfile
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -30,6 +33,61 @@ GOALS = (
     "write a CSV column summer with tests",
 )
 FINAL = {"completed", "failed", "cancelled", "budget_exceeded"}
+
+
+class _FinishWatch:
+    """Mission ids as their final timeline event is published (a NATS subscription on the
+    timeline subjects, in a thread), so the runner starts the next mission at once and reads each
+    final view with one request, instead of polling the API on a clock (whose period would set
+    the pace and add its own load)."""
+
+    def __init__(self, nats_url: str) -> None:
+        self.finished: queue.Queue[str] = queue.Queue()
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(nats_url,), name="finish-watch", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(15) or self._error is not None:
+            raise RuntimeError(f"timeline watch did not start: {self._error}")
+
+    def _run(self, url: str) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_until_complete(self._subscribe(url))
+        self._loop.run_forever()
+
+    async def _subscribe(self, url: str) -> None:
+        import nats
+
+        from coo.common import topology
+        from coo.v1 import mission_pb2, timeline_pb2
+
+        final = {mission_pb2.MISSION_STATUS_COMPLETED, mission_pb2.MISSION_STATUS_FAILED,
+                 mission_pb2.MISSION_STATUS_CANCELLED, mission_pb2.MISSION_STATUS_BUDGET_EXCEEDED}
+
+        async def on_event(msg) -> None:
+            event = timeline_pb2.TimelineEvent()
+            with contextlib.suppress(Exception):
+                event.ParseFromString(msg.data)
+                if event.status in final:
+                    self.finished.put(event.mission_id)
+
+        try:
+            self._nc = await nats.connect(url, name="bench-finish-watch")
+            await self._nc.subscribe(topology.timeline_subject("*"), cb=on_event)
+            await self._nc.flush()
+        except BaseException as exc:  # noqa: BLE001 - reported to the starting thread
+            self._error = exc
+        self._ready.set()
+
+    def close(self) -> None:
+        async def stop() -> None:
+            with contextlib.suppress(Exception):
+                await self._nc.close()
+        if self._error is None:
+            asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
 
 
 def missing() -> str:
@@ -66,6 +124,7 @@ class Stack:
             self.s.start(timeout=60)
             for i in range(1, self.agents):
                 self._add_agent(i)
+            self.watch = _FinishWatch(self.nats.url)
         except BaseException:
             self.__exit__(None, None, None)
             raise
@@ -101,6 +160,8 @@ class Stack:
         raise RuntimeError(f"agent replica {i} not healthy")
 
     def __exit__(self, *exc) -> None:
+        if hasattr(self, "watch"):
+            self.watch.close()
         for proc in self.extra:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -146,8 +207,13 @@ class Stack:
                     resp.raise_for_status()
                     live[resp.json()["mission_id"]] = time.monotonic()
                     next_goal += 1
-                time.sleep(0.05 if concurrency == 1 else 0.2)
-                for mid in list(live):
+                try:                 # a final timeline event; every second, look at all of them anyway
+                    candidates = [self.watch.finished.get(timeout=1.0)]
+                except queue.Empty:
+                    candidates = list(live)
+                for mid in candidates:
+                    if mid not in live:
+                        continue     # another run's mission, or one already done
                     view = api.get(f"/v1/missions/{mid}").json()
                     if view["status"] in FINAL:
                         done.append(view)

@@ -8,8 +8,9 @@
 2. The cost of all telemetry on whole missions: the real services (mockllm answering at once)
    with telemetry on (traces and logs over OTLP/gRPC to a local collector) against an identical
    stack with ``OTEL_SDK_DISABLED=true``. Both stacks run side by side (each its own nats-server)
-   and take turns: missions one at a time (their own duration, server-side timestamps), then
-   batches several at a time (their wall time).
+   and take turns: missions one at a time, then batches with four in flight; the figure is each
+   mission's own wall time (server-side created → finished) either way, the batches' wall time a
+   detail (the runner starts the next mission when a mission's final timeline event arrives).
 """
 
 from __future__ import annotations
@@ -183,6 +184,7 @@ def _missions(cfg: Config, result: Result) -> None:
     one, batch, conc, batches = cfg.n(30, 2), cfg.n(12, 3), 4, cfg.n(6, 2)
     durations: dict[str, list[float]] = {"on": [], "off": []}
     walls: dict[str, list[float]] = {"on": [], "off": []}
+    loaded: dict[str, list[float]] = {"on": [], "off": []}     # each mission's own wall time, 4 in flight
     bad: set[str] = set()
     with stack_mod.otlp_endpoint(cfg.work_dir) as (endpoint, what), \
             stack_mod.Stack(cfg.work_dir, env={"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint}) as on, \
@@ -199,17 +201,19 @@ def _missions(cfg: Config, result: Result) -> None:
             for variant in (("on", "off") if i % 2 == 0 else ("off", "on")):
                 out = stacks[variant].run(batch, conc, first=i * batch)
                 walls[variant].append(out["wall_seconds"])
+                loaded[variant] += [m["duration_seconds"] for m in out["missions"]]
                 bad |= set(out["statuses"]) - {"completed"}
     on_s, off_s = median(durations["on"]), median(durations["off"])
-    won, woff = median(walls["on"]), median(walls["off"])
+    lon, loff = median(loaded["on"]), median(loaded["off"])
     result.add("mission wall time added by telemetry, one at a time", (on_s / off_s - 1) * 100, off_s, "%",
                ratio(on_s, off_s), "x telemetry off", "median mission s, OTEL_SDK_DISABLED", goal=1.05,
                higher_is_better=False)
-    result.add(f"mission wall time added by telemetry, {conc} at a time", (won / woff - 1) * 100, woff, "%",
-               ratio(won, woff), "x telemetry off", f"median batch of {batch} s, OTEL_SDK_DISABLED", goal=1.05,
-               higher_is_better=False)
+    result.add(f"mission wall time added by telemetry, {conc} at a time", (lon / loff - 1) * 100, loff, "%",
+               ratio(lon, loff), "x telemetry off", f"median mission s with {conc} in flight, OTEL_SDK_DISABLED",
+               goal=1.05, higher_is_better=False)
     result.details["missions"] = {
         "telemetry_on": what, "one_at_a_time_seconds": durations, "batch_wall_seconds": walls,
+        f"{conc}_in_flight_seconds": loaded,
         "batch": {"missions": batch, "concurrency": conc}, "non_completed_statuses": sorted(bad),
     }
     result.series["mission_seconds"] = durations
