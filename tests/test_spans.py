@@ -161,10 +161,11 @@ def test_a_consumer_span_is_the_parent_of_what_the_handler_starts():
     assert all(s.attributes["mission.id"] == MISSION for s in (send, child, process))
 
 
-def test_the_global_provider_is_followed():
-    lean = LeanTracer("t")
-    assert lean.start_span("s").get_span_context() is not None   # whatever is global (tests: the SDK)
-    provider, exporter = _provider()
-    lean._fixed = provider                                       # as if the global one changed
-    lean.start_span("s").end()
-    assert len(exporter.get_finished_spans()) == 1
+def test_without_a_provider_the_global_one_is_used(spans):
+    lean = LeanTracer("coo.bus")                      # the tests' global provider: setup_telemetry's
+    span = lean.start_span("send x", kind=SpanKind.PRODUCER, context=context.Context(), attributes=dict(ATTRS))
+    span.end()
+    assert isinstance(span, LeanSpan)
+    (exported,) = [s for s in spans.get_finished_spans() if s.name == "send x"]
+    assert exported.resource.attributes["service.name"] == trace.get_tracer_provider().resource.attributes[
+        "service.name"]
