@@ -31,6 +31,17 @@ def _die_with_parent() -> None:
 
 
 SERVICES = ("mockllm", "budget", "sandbox", "agent", "orchestrator")
+# Mission goals the mock LLM has a task for (its catalog), for suites and benchmarks that run many.
+GOALS = (
+    "write a FizzBuzz function with tests",
+    "write an ISO date parser with tests",
+    "write a word counter with tests",
+    "write a palindrome checker with tests",
+    "write a Roman numerals converter with tests",
+    "write a Fibonacci function with tests",
+    "write a stack class with tests",
+    "write a CSV column summer with tests",
+)
 TEST_TOKEN = "test-token-" + "x" * 20
 
 

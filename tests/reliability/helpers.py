@@ -13,20 +13,9 @@ from collections.abc import Iterable
 
 import httpx
 
-from tests.harness import ServiceStack
+from tests.harness import GOALS, ServiceStack  # noqa: F401 - GOALS is used as helpers.GOALS
 
 FINAL = {"completed", "failed", "cancelled", "budget_exceeded"}
-
-GOALS = (
-    "write a FizzBuzz function with tests",
-    "write an ISO date parser with tests",
-    "write a word counter with tests",
-    "write a palindrome checker with tests",
-    "write a Roman numerals converter with tests",
-    "write a Fibonacci function with tests",
-    "write a stack class with tests",
-    "write a CSV column summer with tests",
-)
 
 
 def rss_mib(pid: int) -> float | None:
