@@ -154,16 +154,21 @@ def nats_server(work_dir: Path) -> Iterator[Any]:
 
 
 class CountingExporter:
-    """A span exporter that keeps nothing: it counts, so a run can prove every hop was traced."""
+    """An exporter that keeps nothing: it counts, so a run can prove every hop (or log line) was
+    exported. Spans by default; ``success`` is what ``export`` answers (the log signal's own
+    ``LogRecordExportResult.SUCCESS`` for logs)."""
 
-    def __init__(self) -> None:
+    def __init__(self, success=None) -> None:
+        if success is None:
+            from opentelemetry.sdk.trace.export import SpanExportResult
+
+            success = SpanExportResult.SUCCESS
+        self.success = success
         self.exported = 0
 
-    def export(self, spans):
-        from opentelemetry.sdk.trace.export import SpanExportResult
-
-        self.exported += len(spans)
-        return SpanExportResult.SUCCESS
+    def export(self, items):
+        self.exported += len(items)
+        return self.success
 
     def shutdown(self) -> None:
         pass

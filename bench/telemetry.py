@@ -24,7 +24,7 @@ import time
 from datetime import datetime, timezone
 
 from bench import stack as stack_mod
-from bench.common import Config, Result, median, ratio
+from bench.common import Config, CountingExporter, Result, median, ratio
 
 TITLE = "Logging and telemetry overhead"
 
@@ -78,23 +78,6 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
-class _CountingLogExporter:
-    def __init__(self) -> None:
-        self.exported = 0
-
-    def export(self, batch):
-        from opentelemetry.sdk._logs.export import LogRecordExportResult
-
-        self.exported += len(batch)
-        return LogRecordExportResult.SUCCESS
-
-    def shutdown(self) -> None:
-        pass
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return True
-
-
 def _stdlib(sink, evs) -> float:
     handler = logging.StreamHandler(sink)
     handler.setFormatter(_JsonFormatter())
@@ -128,6 +111,7 @@ def _structlog(evs, provider) -> float:
 def _events_per_second(cfg: Config, result: Result) -> None:
     from opentelemetry import trace
     from opentelemetry.sdk._logs import LoggerProvider
+    from opentelemetry.sdk._logs.export import LogRecordExportResult
     from opentelemetry.sdk.trace import TracerProvider
 
     from coo.common.telemetry import batch_log_processor
@@ -135,7 +119,7 @@ def _events_per_second(cfg: Config, result: Result) -> None:
     n = cfg.n(20_000, 1_000)
     rounds = cfg.n(5, 1)
     evs = events(n)
-    exporter = _CountingLogExporter()
+    exporter = CountingExporter(LogRecordExportResult.SUCCESS)
     provider = LoggerProvider()
     provider.add_log_record_processor(batch_log_processor(exporter))   # what setup_telemetry installs
     tracer = TracerProvider().get_tracer("bench")
