@@ -8,7 +8,9 @@ cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
-APT_PACKAGES=(bubblewrap prometheus prometheus-alertmanager)
+# chromium (+ a font) for the browser tests of the embedded stack's pages; gcc/g++ for the CGO
+# build of otel-desktop-viewer
+APT_PACKAGES=(bubblewrap prometheus prometheus-alertmanager chromium fonts-dejavu-core gcc g++)
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
@@ -38,7 +40,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
-# --- Go-built tools: the OpenTelemetry Collector and Jaeger (cached outside the repo by manifest
+# --- Go-built tools: the OpenTelemetry Collector, Jaeger and otel-desktop-viewer (cached outside the repo by manifest
 # hash; a first build takes many minutes and says so, later calls take a fraction of a second) ---
 if [ "${COO_SKIP_TOOL_BUILD:-}" = "" ]; then
   bash scripts/build-tools.sh all >&2

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Build COO's embedded observability binaries, cached outside the repository.
 #
-#   scripts/build-tools.sh [otelcol|jaeger|all]      build what is missing, print the paths
-#   scripts/build-tools.sh --print-path otelcol|jaeger
+#   scripts/build-tools.sh [otelcol|jaeger|viewer|all]
+#                                                    build what is missing, print the paths
+#   scripts/build-tools.sh --print-path otelcol|jaeger|viewer
 #                                                    print one binary's path (building it first if needed)
-#   scripts/build-tools.sh --cached-path otelcol|jaeger
+#   scripts/build-tools.sh --cached-path otelcol|jaeger|viewer
 #                                                    print the path only if already built; exit 3 if not
 #
 # Binaries:
@@ -13,6 +14,8 @@
 #            -> $CACHE/otelcol-<sha256(builder-config.yaml + go version):12>/otelcol-coo
 #   jaeger   Jaeger v2 (cmd/jaeger, an OpenTelemetry Collector distribution)
 #            -> $CACHE/jaeger-<sha256(pinned module version + commit + go version):12>/jaeger
+#   viewer   otel-desktop-viewer (the embedded stack's trace, log and metric UI; CGO, DuckDB)
+#            -> $CACHE/viewer-<sha256(pinned module version + go version):12>/otel-desktop-viewer
 # with CACHE=${COO_TOOLS_CACHE:-$HOME/.cache/coo/tools}. Go modules and build cache are
 # shared under $CACHE/go, so a rebuild after a manifest change is incremental.
 #
@@ -44,10 +47,19 @@ JAEGER_COMMIT=63b27e1810a710ac54dc4522da0538e540bdc545
 JAEGER_COMMIT_DATE=2025-12-03T16:07:08Z
 JAEGER_REPLACES=("github.com/Shopify/sarama=github.com/Shopify/sarama@v1.33.0")
 
+# otel-desktop-viewer (Apache-2.0): a local OTLP viewer with a trace waterfall, search, logs and
+# metrics, the embedded stack's browser UI. `go install ...@v0.4.1` is refused here (the proxy does not
+# serve the module's version list), so it is built from a wrapper module that requires it, with CGO
+# (DuckDB's prebuilt static bindings; needs a C/C++ compiler). It is a collector distribution of its
+# own (collector v0.157), so it runs as its own process and our collector sends it a copy over OTLP.
+VIEWER_MODULE=github.com/CtrlSpice/otel-desktop-viewer
+VIEWER_VERSION=v0.4.1
+
 # First-build times measured on a 2-core machine (both at once, on a busy machine: 14 and 11
 # min), for the progress message. With warm Go caches (an edited manifest) a rebuild takes ~10 s.
 OTELCOL_MINUTES="10-15"
 JAEGER_MINUTES="8-12"
+VIEWER_MINUTES="2-4"
 # ------------------------------------------------------------------------------------------
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -58,7 +70,7 @@ log() { printf '%s\n' "$*" >&2; }
 die() { printf 'build-tools: %s\n' "$*" >&2; exit 1; }
 
 usage() {
-    sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
@@ -82,10 +94,17 @@ jaeger_dir() {
     printf '%s/jaeger-%s' "$CACHE" "$h"
 }
 
+viewer_dir() {
+    local h
+    h=$(printf '%s\n' "$VIEWER_MODULE@$VIEWER_VERSION" "cgo" "$GOVERSION" | short_hash)
+    printf '%s/viewer-%s' "$CACHE" "$h"
+}
+
 binary_path() {
     case $1 in
         otelcol) printf '%s/otelcol-coo' "$(otelcol_dir)" ;;
         jaeger) printf '%s/jaeger' "$(jaeger_dir)" ;;
+        viewer) printf '%s/otel-desktop-viewer' "$(viewer_dir)" ;;
         *) usage ;;
     esac
 }
@@ -210,6 +229,45 @@ build_jaeger() {
     log "built Jaeger in $((SECONDS - start)) s"
 }
 
+build_viewer() {
+    local final bin t start
+    final=$(viewer_dir)
+    bin="$final/otel-desktop-viewer"
+    [[ -x $bin ]] && return 0
+    command -v "${CC:-cc}" >/dev/null 2>&1 && command -v "${CXX:-c++}" >/dev/null 2>&1 \
+        || die "otel-desktop-viewer needs a C and C++ compiler for CGO (Debian: apt-get install gcc g++)"
+    log "building otel-desktop-viewer $VIEWER_VERSION (first time, ~$VIEWER_MINUTES min on 2 cores)…"
+    log "  into: $final"
+    start=$SECONDS
+    new_tmp viewer
+    t=$TMP
+    mkdir -p "$t/src" "$t/stage"
+    (
+        export CGO_ENABLED=1 &&
+            cd "$t/src" &&
+            go mod init coo.local/otel-desktop-viewer-build &&
+            go mod edit -require="$VIEWER_MODULE@$VIEWER_VERSION" &&
+            vdir=$(go mod download -json "$VIEWER_MODULE@$VIEWER_VERSION" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p') &&
+            [[ -f $vdir/go.sum ]] &&
+            cp "$vdir/go.sum" go.sum &&
+            go get "$VIEWER_MODULE@$VIEWER_VERSION" &&
+            go build -o "$t/stage/otel-desktop-viewer" -ldflags "-s -w -X main.version=${VIEWER_VERSION#v}" \
+                "$VIEWER_MODULE"
+    ) >"$t/build.log" 2>&1 || {
+        tail -n 60 "$t/build.log" >&2
+        die "the otel-desktop-viewer build failed (last 60 lines of its log above)"
+    }
+    "$t/stage/otel-desktop-viewer" --version >/dev/null 2>&1 || die "the built otel-desktop-viewer does not run"
+    cp "$t/src/go.mod" "$t/stage/go.mod"
+    {
+        echo "built: $(date -u +%Y-%m-%dT%H:%M:%SZ) with $GOVERSION"
+        echo "otel-desktop-viewer: $VIEWER_MODULE@$VIEWER_VERSION"
+        echo "seconds: $((SECONDS - start))"
+    } >"$t/stage/BUILD-INFO"
+    publish "$t/stage" "$final"
+    log "built otel-desktop-viewer in $((SECONDS - start)) s"
+}
+
 # ensure TOOL: build if missing, under a per-tool lock (a second caller waits, then finds it).
 ensure() {
     local tool=$1 bin
@@ -237,11 +295,11 @@ main() {
         -h | --help) usage ;;
         --print-path) mode=print; shift; [[ $# -eq 1 ]] || usage; tools=("$1") ;;
         --cached-path) mode=cached; shift; [[ $# -eq 1 ]] || usage; tools=("$1") ;;
-        all) tools=(otelcol jaeger) ;;
-        otelcol | jaeger) tools=("$1") ;;
+        all) tools=(otelcol jaeger viewer) ;;
+        otelcol | jaeger | viewer) tools=("$1") ;;
         *) usage ;;
     esac
-    [[ ${#tools[@]} -eq 1 && ${tools[0]} != otelcol && ${tools[0]} != jaeger && $mode != build ]] && usage
+    [[ ${#tools[@]} -eq 1 && ${tools[0]} != otelcol && ${tools[0]} != jaeger && ${tools[0]} != viewer && $mode != build ]] && usage
     need_go
     local tool bin
     for tool in "${tools[@]}"; do
