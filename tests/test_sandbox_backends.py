@@ -27,7 +27,7 @@ from coo.sandbox.backends import (
     container_config,
     validate_file_name,
 )
-from coo.sandbox.backends.base import OutputCapture, classify
+from coo.sandbox.backends.base import DEFAULT_MAX_INODES, OutputCapture, classify
 from coo.sandbox.backends.bubblewrap import processes_of_uid
 
 HAVE_BWRAP = shutil.which("bwrap") is not None
@@ -667,7 +667,7 @@ def test_docker_config_security_settings(monkeypatch) -> None:
     assert cfg["user"] == "sandbox"
     assert cfg["network_mode"] == "none"
     assert cfg["read_only"] is True
-    assert cfg["tmpfs"] == {"/work": "size=32m,mode=1777"}
+    assert cfg["tmpfs"] == {"/work": f"size=32m,nr_inodes={DEFAULT_MAX_INODES},mode=1777"}
     assert cfg["cap_drop"] == ["ALL"]
     assert cfg["security_opt"] == ["no-new-privileges"]
     assert cfg["privileged"] is False
@@ -721,7 +721,7 @@ def test_docker_config_is_accepted_by_the_sdk() -> None:
     assert host["SecurityOpt"] == ["no-new-privileges"]
     assert host["Memory"] == host["MemorySwap"] == 256 * 1024 * 1024
     assert host["PidsLimit"] == 64
-    assert host["Tmpfs"] == {"/work": "size=64m,mode=1777"}
+    assert host["Tmpfs"] == {"/work": f"size=64m,nr_inodes={DEFAULT_MAX_INODES},mode=1777"}
     assert args["environment"] == {}
     assert args["user"] == "sandbox"
 
@@ -907,3 +907,151 @@ async def test_docker_flow_output_limit(monkeypatch) -> None:
     assert result.outcome == "output_limit", result
     assert len(result.stdout) == 2500 and result.stdout_truncated
     assert "kill" in container.calls and container.calls[-1].startswith("remove")
+
+
+# ------------------------------------------------------------ inodes, cgroups, leftovers
+INODE_BOMB = """\
+import json, os
+n, err = 0, ""
+try:
+    while n < 200_000:
+        open(f"f{n}", "w").close()
+        n += 1
+except OSError as exc:
+    err = exc.strerror
+print(json.dumps({"files": n, "err": err}))
+"""
+
+
+@needs_bwrap
+async def test_work_dir_caps_inodes(bwrap: BubblewrapBackend) -> None:
+    if not bwrap.is_root:
+        pytest.skip("the inode cap needs root (the wrapper mounts the work dir itself)")
+    out = await bwrap.run(spec({"main.py": INODE_BOMB}, max_inodes=500, timeout_seconds=20))
+    info = json.loads(out.stdout.strip().splitlines()[-1])
+    # the root directory and main.py hold two of the 500
+    assert info == {"files": 498, "err": "No space left on device"}, (out, info)
+    assert out.outcome == "ok"
+    # the next run starts with an empty work dir again: the mount lived in the run's namespace
+    again = await bwrap.run(spec({"main.py": "import os; print(sorted(os.listdir('.')))"}))
+    assert again.stdout.strip() == "['main.py']"
+
+
+def test_inode_limit_is_validated() -> None:
+    from coo.sandbox.backends.base import validate_spec
+
+    with pytest.raises(InvalidArtifact, match="max_inodes"):
+        validate_spec(spec({"main.py": "x"}, max_inodes=10))
+    with pytest.raises(InvalidArtifact, match="max_inodes"):
+        validate_spec(spec({"main.py": "x"}, max_inodes=10**8))
+
+
+def test_root_command_line_mounts_and_joins_cgroups(bwrap_any: BubblewrapBackend) -> None:
+    argv = bwrap_any.command_line(spec({"main.py": "x"}, tmpfs_mb=8, max_inodes=777), 200_001, {}, 5, 6,
+                                  work_mount="/run/x/work/uid-200001", cgroup_procs=["/cg/a/cgroup.procs"])
+    assert argv[1:5] == ["--mount", "--propagation", "private", "--"]
+    opts = argv[argv.index("/run/x/work/uid-200001") + 1]
+    assert opts == f"size={8 * 1024 * 1024},nr_inodes=777,mode=0700,uid=200001,gid=200001,nosuid,nodev"
+    assert argv[argv.index(opts) + 1:argv.index(opts) + 3] == ["/cg/a/cgroup.procs", "--"]
+    i = argv.index("--bind")
+    assert argv[i + 1:i + 3] == ["/run/x/work/uid-200001", "/work"]
+    assert "--tmpfs" not in argv
+    plain = bwrap_any.command_line(spec({"main.py": "x"}), 200_001, {}, 5, 6)
+    assert plain[0].endswith("setpriv") and "--tmpfs" in plain and "--bind" not in plain
+
+
+def _read(path: str) -> str:
+    with open(path) as fh:
+        return fh.read()
+
+
+@pytest.fixture(scope="module")
+def bwrap_any() -> BubblewrapBackend:
+    return BubblewrapBackend(bwrap="/usr/bin/bwrap")
+
+
+@needs_bwrap
+async def test_each_run_has_its_own_cgroup(bwrap: BubblewrapBackend) -> None:
+    if not bwrap.cgroups.usable:
+        pytest.skip(f"no usable cgroups here: {bwrap.cgroups.describe()}")
+    task = asyncio.create_task(bwrap.run(spec(
+        {"main.py": "import time; time.sleep(2); print('done')"}, memory_mb=128, tmpfs_mb=16,
+        max_processes=24, timeout_seconds=20)))
+    seen: dict = {}
+    deadline = time.monotonic() + 15
+    while not seen and time.monotonic() < deadline:
+        for name in bwrap.cgroups.stale():
+            group = bwrap.cgroups.group(name)
+            pids = group.pids()
+            if pids:
+                limit_file = ("memory.limit_in_bytes", "memory.max")[group.version - 1]
+                limit = int(_read(os.path.join(group.dirs[0], limit_file)))
+                seen = {"name": name, "pids": pids, "group": group, "limit": limit}
+        await asyncio.sleep(0.05)
+    out = await task
+    assert out.outcome == "ok" and out.stdout.strip() == "done"
+    assert seen, "no run cgroup with processes appeared"
+    group = seen["group"]
+    assert len(seen["pids"]) >= 2             # bwrap, its pid 1 and the command
+    assert seen["limit"] == (128 + 16) * 1024 * 1024 + 32 * 1024 * 1024   # memory_mb + tmpfs_mb + slack
+    assert not any(os.path.exists(d) for d in group.dirs)                 # removed after the run
+
+
+@needs_bwrap
+def test_cgroup_limits_are_written(bwrap: BubblewrapBackend) -> None:
+    cg = bwrap.cgroups
+    if not cg.usable:
+        pytest.skip(f"no usable cgroups here: {cg.describe()}")
+    group = cg.create("test-limits", 100 * 1024 * 1024, 42)
+    try:
+        if group.version == 1:
+            mem, pids_dir = group.dirs
+            assert int(_read(os.path.join(mem, "memory.limit_in_bytes"))) == 100 * 1024 * 1024
+            assert int(_read(os.path.join(pids_dir, "pids.max"))) == 42
+        else:
+            assert int(_read(os.path.join(group.dirs[0], "memory.max"))) == 100 * 1024 * 1024
+            assert int(_read(os.path.join(group.dirs[0], "pids.max"))) == 42
+        # a member is killed and the group removed
+        child = subprocess.Popen(["sleep", "30"])
+        for f in group.procs_files:
+            with open(f, "w") as fh:
+                fh.write(str(child.pid))
+        assert group.pids() == [child.pid]
+        group.remove()
+        assert child.wait(timeout=5) == -9
+        assert not any(os.path.exists(d) for d in group.dirs)
+    finally:
+        group.remove()
+
+
+DAEMON = """\
+import os, sys, time
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        os.execvp("sleep", ["sleep", "300", sys.argv[1]])
+    os._exit(0)
+time.sleep(0.3)
+print("parent leaves")
+"""
+
+
+@needs_bwrap
+async def test_processes_do_not_outlive_their_run(bwrap: BubblewrapBackend) -> None:
+    mark = "coo-outlive-" + os.urandom(4).hex()
+    out = await bwrap.run(spec({"main.py": DAEMON}, command=["python3", "main.py", mark]))
+    assert out.outcome == "ok" and "parent leaves" in out.stdout
+
+    def marked() -> list[int]:
+        pids = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                        if mark.encode() in fh.read():
+                            pids.append(int(entry))
+                except OSError:
+                    pass
+        return pids
+
+    assert marked() == []

@@ -199,6 +199,28 @@ for path in ["/x", "/usr/x", "OUTSIDE", "/etc/x", "/dev/x", "/tmp/x", "/proc/sys
         res[path] = type(exc).__name__
 print(json.dumps(res))
 """
+INODES = """
+import json, os
+made, err = 0, ""
+try:
+    while made < 1_000_000:
+        open(f"f{made}", "w").close(); made += 1
+except OSError as exc:
+    err = exc.strerror
+print(json.dumps({"files": made, "err": err}))
+"""
+# A daemon: double fork, a new session, the parent exits at once; the grandchild (MARK in its
+# argv) would sleep for five minutes after the run ended if nothing killed it.
+OUTLIVE = """
+import os, sys, time
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        os.execvp("sleep", ["sleep", "300", "MARK"])
+    os._exit(0)
+time.sleep(0.5)
+print("parent leaves")
+"""
 LEAVE = "open('leftover-MARK.txt', 'w').write('from an earlier run')\nprint('{}')\n"
 LOOK = "import json, os\nprint(json.dumps({'work': sorted(os.listdir('.')), 'tmp': os.path.exists('/tmp')}))\n"
 SECRETS = """
@@ -273,6 +295,22 @@ def check_disk(r, ctx):
     return ok, f"wrote {info.get('mib')} MiB then '{info.get('err')}' (tmpfs work dir, 16 MiB cap)"
 
 
+def check_inodes(r, ctx):
+    from coo.sandbox.backends.base import DEFAULT_MAX_INODES
+
+    info = probe(r)
+    ok = bool(info) and info.get("err") == "No space left on device" and info["files"] < DEFAULT_MAX_INODES
+    return ok, (f"created {info.get('files')} empty files then '{info.get('err')}' "
+                f"(work dir capped at {DEFAULT_MAX_INODES} inodes; a size cap alone allowed a million)")
+
+
+def check_outlive(r, ctx):
+    left = leftovers()
+    ok = r["outcome"] == "ok" and "parent leaves" in r["stdout"] and not left
+    return ok, (f"a double-forked, setsid'd daemon: {len(left)} process(es) still alive after the run"
+                + ("" if left else "; the run's cgroup (or pid namespace) took it down"))
+
+
 def check_outside(r, ctx):
     info = probe(r)
     written = [p for p, v in info.items() if v == "written" and p != "/work/ok"]
@@ -331,6 +369,8 @@ def attacks(ctx: Ctx) -> list[Attack]:
                limits={"timeout_seconds": 2}),
         Attack("endless output", OUTPUT, check_output, limits={"max_output_bytes": 10_000, "timeout_seconds": 10}),
         Attack("disk fill", DISK_FILL, check_disk, limits={"tmpfs_mb": 16, "max_file_mb": 16}),
+        Attack("inode exhaustion: a million empty files", INODES, check_inodes, limits={"timeout_seconds": 30}),
+        Attack("a process that outlives its run", OUTLIVE, check_outlive),
         Attack("writes outside the work dir", OUTSIDE.replace("OUTSIDE", ctx.outside), check_outside),
         Attack("host environment, /proc/1/environ and cmdline, the service's secrets",
                SECRETS.replace("SECRET_FILE", str(ctx.secret_file)), check_secrets),

@@ -23,6 +23,10 @@ MAX_MEMORY_MB = 16_384
 MAX_OUTPUT_BYTES = 16 * 1024 * 1024
 MAX_PROCESSES = 4096
 MAX_TMPFS_MB = 4096
+#: Inodes (files, directories, links) the work dir may hold: each costs kernel memory that no
+#: rlimit counts, so a size cap alone would let a run create millions of empty files.
+DEFAULT_MAX_INODES = 16_384
+MAX_INODES = 1_000_000
 MAX_ARGV_BYTES = 128 * 1024
 #: Open files inside a run (RLIMIT_NOFILE / ulimit nofile); fixed, not part of the spec.
 NOFILE_LIMIT = 256
@@ -52,6 +56,7 @@ class RunSpec:
     max_processes: int = 64
     tmpfs_mb: int = 64
     max_file_mb: int = 16
+    max_inodes: int = DEFAULT_MAX_INODES
 
 
 @dataclass
@@ -110,6 +115,7 @@ def validate_spec(spec: RunSpec) -> None:
         raise InvalidArtifact(f"too many files: {len(spec.files)} > {MAX_FILES}")
     _check_int("max_file_mb", spec.max_file_mb, 1, MAX_TMPFS_MB)
     _check_int("tmpfs_mb", spec.tmpfs_mb, 1, MAX_TMPFS_MB)
+    _check_int("max_inodes", spec.max_inodes, MAX_FILES + 16, MAX_INODES)
     total = 0
     for name, content in spec.files.items():
         validate_file_name(name)

@@ -2,13 +2,17 @@
 
 How a run is started (``BubblewrapBackend.command_line`` builds the argv)::
 
+    unshare --mount --propagation private --                           # as root: a private mount namespace
+      sh -c WRAPPER coo-sandbox MNT size=BYTES,nr_inodes=N,... CGROUP.PROCS... --
+                                            # joins the run's cgroup(s), mounts the work dir, execs on
     setpriv --reuid U --regid U --clear-groups --pdeathsig KILL --     # as root: drop to a pool uid
       prlimit --cpu=C:C+1 --as=M --fsize=F --nofile=N --core=0 --nproc=P --
         bwrap --unshare-all --unshare-user --disable-userns --uid 1000 --gid 1000
               --die-with-parent --new-session --cap-drop ALL
               --ro-bind /usr /usr  (+ the /bin, /lib, /lib64, /sbin symlinks into it)
               --proc /proc --dev /dev --remount-ro /dev
-              --size BYTES --perms 0755 --tmpfs /work   --file FD /work/NAME ...
+              --bind MNT /work (root)  |  --size BYTES --perms 0755 --tmpfs /work (not root)
+              --file FD /work/NAME ...
               --ro-bind-data FD /etc/passwd --ro-bind-data FD /etc/group
               --remount-ro / --chdir /work --clearenv --setenv ... -- ARGV
 
@@ -28,7 +32,19 @@ How a run is started (``BubblewrapBackend.command_line`` builds the argv)::
   the pool uid to uid 1000 ("sandbox") inside, and ``--disable-userns`` stops the
   code inside from creating further user namespaces.
 * Artifact files travel through memfds (``--file FD``): bwrap copies them into the
-  size-capped tmpfs itself, so no host directory is ever created or shared.
+  capped tmpfs itself.
+* The work dir caps inodes as well as bytes. bwrap's own ``--tmpfs`` takes a size only, so as
+  root the wrapper mounts the tmpfs itself (``size=``, ``nr_inodes=``, owned by the pool uid,
+  mode 0700) on an empty per-uid mount point, inside a private mount namespace of the run:
+  the mount is invisible to the host and disappears with the run's last process. bwrap binds
+  it to ``/work``. Without root the size cap holds and the inode cap does not (documented in
+  docs/security.md); the cgroup's memory limit, where there is one, still bounds the kernel
+  memory the inodes cost.
+* Where cgroups are usable (:mod:`.cgroups`: v2, or v1's memory and pids hierarchies), each run
+  gets its own group, joined by the wrapper before anything else runs: memory (kernel memory
+  included) bounded by ``memory_mb + tmpfs_mb`` plus slack, ``pids.max`` bounded by
+  ``max_processes``. At the end of the run every process left in the group is killed and the
+  group removed. rlimits stay in place underneath, and are the only limits where cgroups are not.
 """
 
 from __future__ import annotations
@@ -45,7 +61,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from .base import (
     NOFILE_LIMIT,
@@ -53,10 +69,11 @@ from .base import (
     OutputCapture,
     RunOutcome,
     RunSpec,
-    finished_outcome,
     error_outcome,
+    finished_outcome,
     validate_spec,
 )
+from .cgroups import MEMORY_SLACK_BYTES, PIDS_SLACK, Cgroups, RunGroup
 
 NAME = "bubblewrap"
 WORK_DIR = "/work"
@@ -80,6 +97,16 @@ _SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _PASSWD = f"sandbox:x:{INNER_UID}:{INNER_GID}:sandbox:{WORK_DIR}:/usr/sbin/nologin\n"
 _GROUP = f"sandbox:x:{INNER_GID}:\n"
 _MIN_BWRAP = (0, 8, 0)  # --size, --disable-userns, --json-status-fd
+#: Run as root by ``sh`` inside the run's private mount namespace (``unshare``): join the run's
+#: cgroups (every argument before ``--``), mount the capped work dir, exec the rest. Exit codes
+#: 121/122 say which step failed; bwrap's status fd then holds no "exit-code", so the run is an
+#: "error" with this stderr as its cause.
+_WRAPPER = (
+    'mnt=$1; opts=$2; shift 2; '
+    'while [ "$1" != "--" ]; do echo $$ > "$1" || { echo "cannot join cgroup $1" >&2; exit 121; }; shift; done; '
+    'shift; mount -t tmpfs -o "$opts" coo-work "$mnt" || { echo "cannot mount the work dir" >&2; exit 122; }; '
+    'unset PWD OLDPWD; exec "$@"'   # sh's own variables stay out of bwrap's /proc/1/environ
+)
 
 # Pool uids in use by runs of this process (shared by every backend instance).
 _uid_lock = threading.Lock()
@@ -168,6 +195,8 @@ class BubblewrapBackend:
         )
         self.setpriv = shutil.which("setpriv", path=_SAFE_PATH)
         self.prlimit = shutil.which("prlimit", path=_SAFE_PATH)
+        self.unshare = shutil.which("unshare", path=_SAFE_PATH)
+        self.sh = shutil.which("sh", path=_SAFE_PATH)
         self.uid_base = uid_base if uid_base is not None else _env_int(
             "COO_SANDBOX_UID", DEFAULT_UID_BASE
         )
@@ -180,6 +209,7 @@ class BubblewrapBackend:
             else os.path.join(tempfile.gettempdir(), "coo-sandbox")
         )
         self.is_root = os.geteuid() == 0
+        self._cgroups: Cgroups | None = None
         self._available: tuple[bool, str] | None = None
         self._checked_at = 0.0
 
@@ -189,10 +219,12 @@ class BubblewrapBackend:
             return "bwrap not found on PATH (install it: apt-get install -y bubblewrap)"
         if not self.setpriv or not self.prlimit:
             return "setpriv/prlimit (util-linux) not found on PATH"
+        if self.is_root and (not self.unshare or not self.sh):
+            return "unshare (util-linux) or sh not found on PATH"
         try:
             out = subprocess.run(
                 [self.bwrap, "--version"], capture_output=True, text=True, timeout=5,
-                env=HOST_ENV,
+                env=HOST_ENV, check=False,
             ).stdout
         except (OSError, subprocess.SubprocessError) as exc:
             return f"cannot run {self.bwrap}: {exc}"
@@ -234,13 +266,15 @@ class BubblewrapBackend:
         if uid is None:  # every pool uid runs a sandbox right now: it works
             return (True, f"bubblewrap at {self.bwrap}; all sandbox uids busy")
         owned: list[int] = []
+        probe = RunSpec(run_id="probe", files={}, command=["/usr/bin/true"])
+        group: RunGroup | None = None
         try:
-            argv, fds = self._argv(
-                RunSpec(run_id="probe", files={}, command=["/usr/bin/true"]), uid, owned
-            )
+            if self.is_root and self.cgroups.usable:
+                group = self.cgroups.create(f"uid-{uid}", *self._group_limits(probe))
+            argv, fds = self._argv(probe, uid, owned, group=group)
             proc = subprocess.run(
                 argv, pass_fds=fds, capture_output=True, timeout=15, env=HOST_ENV,
-                stdin=subprocess.DEVNULL, cwd="/",
+                stdin=subprocess.DEVNULL, cwd="/", check=False,
             )
             ok = proc.returncode == 0
             detail = proc.stderr.decode("utf-8", "replace").strip()
@@ -249,12 +283,15 @@ class BubblewrapBackend:
         finally:
             for fd in owned:
                 os.close(fd)
+            if group is not None:
+                group.remove()
             self._give_back_uid(uid)
         if ok:
             mode = (
-                f"host uids {self.uid_base}..{self.uid_base + self.uid_count - 1}"
+                f"host uids {self.uid_base}..{self.uid_base + self.uid_count - 1}; "
+                f"work dir capped in bytes and inodes; {self.cgroups.describe()}"
                 if self.is_root
-                else f"running as uid {os.getuid()} (not root: no uid pool)"
+                else f"running as uid {os.getuid()} (not root: no uid pool, no inode cap, rlimits only)"
             )
             self._available = (True, f"bubblewrap at {self.bwrap}; {mode}")
         else:
@@ -262,12 +299,41 @@ class BubblewrapBackend:
         return self._available
 
     # ------------------------------------------------------------- command line
+    @property
+    def cgroups(self) -> Cgroups:
+        """The cgroup hierarchy runs are put in (detected once; ``usable`` False: rlimits only)."""
+        if self._cgroups is None:
+            self._cgroups = Cgroups()
+        return self._cgroups
+
+    @staticmethod
+    def _group_limits(spec: RunSpec) -> tuple[int, int]:
+        """(memory bytes, pids) of a run's cgroup: the process's address space plus the work
+        dir's pages (charged to the run that writes them) plus slack; its processes plus bwrap's."""
+        mib = 1024 * 1024
+        return (spec.memory_mb + spec.tmpfs_mb) * mib + MEMORY_SLACK_BYTES, spec.max_processes + PIDS_SLACK
+
+    def _mount_point(self, host_uid: int) -> str:
+        """An empty directory the run's work dir is mounted on, inside the run's own mount
+        namespace only. Its parents are traversable (0711) so that bwrap, already running as
+        the pool uid, can reach it; the tmpfs root on it belongs to that uid, mode 0700."""
+        base = os.path.join(self.lock_dir, "work")
+        os.makedirs(base, mode=0o711, exist_ok=True)
+        for path in (self.lock_dir, base):
+            if os.stat(path).st_mode & 0o777 != 0o711:
+                os.chmod(path, 0o711)
+        path = os.path.join(base, f"uid-{host_uid}")
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path, 0o700)
+        return path
+
     def _argv(
         self,
         spec: RunSpec,
         host_uid: int,
         owned: list[int],
         status_fd: int | None = None,
+        group: RunGroup | None = None,
     ) -> tuple[list[str], list[int]]:
         """The full argv and the fds to pass to it.
 
@@ -282,7 +348,9 @@ class BubblewrapBackend:
         owned.append(passwd_fd)
         group_fd = _memfd("coo-group", _GROUP.encode())
         owned.append(group_fd)
-        argv = self.command_line(spec, host_uid, file_fds, passwd_fd, group_fd, status_fd)
+        work_mount = self._mount_point(host_uid) if self.is_root else None
+        argv = self.command_line(spec, host_uid, file_fds, passwd_fd, group_fd, status_fd,
+                                 work_mount=work_mount, cgroup_procs=group.procs_files if group else ())
         fds = [*file_fds.values(), passwd_fd, group_fd]
         if status_fd is not None:
             fds.append(status_fd)
@@ -296,9 +364,23 @@ class BubblewrapBackend:
         passwd_fd: int,
         group_fd: int,
         status_fd: int | None = None,
+        *,
+        work_mount: str | None = None,
+        cgroup_procs: Sequence[str] = (),
     ) -> list[str]:
+        """The argv of one run. With ``work_mount`` (root only) the run starts in a private
+        mount namespace whose wrapper joins ``cgroup_procs`` and mounts the work dir there."""
         mib = 1024 * 1024
-        argv: list[str] = [self.setpriv or "setpriv"]
+        argv: list[str] = []
+        if work_mount is not None:
+            opts = (f"size={spec.tmpfs_mb * mib},nr_inodes={spec.max_inodes},mode=0700,"
+                    f"uid={host_uid},gid={host_uid},nosuid,nodev")
+            argv += [self.unshare or "unshare", "--mount", "--propagation", "private", "--",
+                     self.sh or "sh", "-c", _WRAPPER, "coo-sandbox", work_mount, opts,
+                     *cgroup_procs, "--"]
+        elif cgroup_procs:
+            raise ValueError("cgroups need the root wrapper (work_mount)")
+        argv += [self.setpriv or "setpriv"]
         if self.is_root:
             argv += [f"--reuid={host_uid}", f"--regid={host_uid}", "--clear-groups"]
         argv += ["--pdeathsig=KILL", "--"]
@@ -332,14 +414,11 @@ class BubblewrapBackend:
                 argv += ["--symlink", os.readlink(host), host]
             elif os.path.isdir(host):  # a system without merged /usr
                 argv += ["--ro-bind", host, host]
-        argv += [
-            "--proc", "/proc",
-            "--dev", "/dev",
-            "--remount-ro", "/dev",
-            "--size", str(spec.tmpfs_mb * mib),
-            "--perms", "0755",
-            "--tmpfs", WORK_DIR,
-        ]
+        argv += ["--proc", "/proc", "--dev", "/dev", "--remount-ro", "/dev"]
+        if work_mount is not None:
+            argv += ["--bind", work_mount, WORK_DIR]
+        else:
+            argv += ["--size", str(spec.tmpfs_mb * mib), "--perms", "0755", "--tmpfs", WORK_DIR]
         for name, fd in file_fds.items():
             argv += ["--perms", "0644", "--file", str(fd), f"{WORK_DIR}/{name}"]
         argv += [
@@ -423,9 +502,15 @@ class BubblewrapBackend:
             return 0
         killed = 0
         held: list[int] = []
+        cgroups = self.cgroups if self.cgroups.usable else None
         try:
             while (uid := self._try_take_uid()) is not None:
                 held.append(uid)
+                if cgroups is not None:
+                    group = cgroups.group(f"uid-{uid}")
+                    killed += group.kill()
+                    if any(os.path.isdir(d) for d in group.dirs):
+                        group.remove()
                 killed += kill_uid(uid)
         finally:
             for uid in held:
@@ -446,14 +531,25 @@ class BubblewrapBackend:
             return error_outcome(
                 NAME, f"no free sandbox uid within {self.queue_timeout:.0f}s (all busy)"
             )
+        group: RunGroup | None = None
         try:
-            return await self._run(spec, uid)
+            if self.is_root and self.cgroups.usable:
+                try:
+                    group = await asyncio.to_thread(
+                        self.cgroups.create, f"uid-{uid}", *self._group_limits(spec))
+                except OSError as exc:
+                    return error_outcome(NAME, f"cannot create the run's cgroup: {exc}")
+            return await self._run(spec, uid, group)
         finally:
+            # Whatever the run left behind (daemons, setsid'd children) dies here: the whole
+            # cgroup, then every process of the pool uid.
+            if group is not None:
+                await asyncio.to_thread(group.remove)
             if self.is_root:
                 await asyncio.to_thread(kill_uid, uid)
             self._give_back_uid(uid)
 
-    async def _run(self, spec: RunSpec, uid: int) -> RunOutcome:
+    async def _run(self, spec: RunSpec, uid: int, group: RunGroup | None = None) -> RunOutcome:
         owned: list[int] = []
         try:
             status_r, status_w = os.pipe()
@@ -461,7 +557,7 @@ class BubblewrapBackend:
             return error_outcome(NAME, f"cannot prepare the sandbox: {exc}")
         try:
             owned.append(status_w)
-            argv, fds = self._argv(spec, uid, owned, status_fd=status_w)
+            argv, fds = self._argv(spec, uid, owned, status_fd=status_w, group=group)
             started = time.monotonic()
             proc = await asyncio.create_subprocess_exec(
                 *argv,
@@ -482,7 +578,7 @@ class BubblewrapBackend:
                 with contextlib.suppress(OSError):
                     os.close(fd)
         try:
-            return await self._supervise(spec, proc, started, status_r)
+            return await self._supervise(spec, proc, started, status_r, group)
         finally:
             os.close(status_r)
             if proc.returncode is None:
@@ -506,6 +602,7 @@ class BubblewrapBackend:
         proc: asyncio.subprocess.Process,
         started: float,
         status_r: int,
+        group: RunGroup | None = None,
     ) -> RunOutcome:
         out = OutputCapture(spec.max_output_bytes)
         err = OutputCapture(spec.max_output_bytes)
@@ -584,7 +681,7 @@ class BubblewrapBackend:
         return finished_outcome(
             NAME, exit_code=exit_code, signal=signal_no, deadline_hit=deadline_hit,
             output_limited=output_limited, out=out, err=err, duration=duration,
-            cpu_seconds=spec.cpu_seconds,
+            cpu_seconds=spec.cpu_seconds, oom_killed=group is not None and group.oom_killed(),
         )
 
     @staticmethod

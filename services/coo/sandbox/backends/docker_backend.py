@@ -80,7 +80,8 @@ def container_config(
         "hostname": "sandbox",
         "network_mode": "none",
         "read_only": True,
-        "tmpfs": {WORK_DIR: f"size={spec.tmpfs_mb}m,mode=1777"},
+        # nr_inodes: the work dir caps files as well as bytes (each inode is kernel memory)
+        "tmpfs": {WORK_DIR: f"size={spec.tmpfs_mb}m,nr_inodes={spec.max_inodes},mode=1777"},
         "mounts": [
             Mount(target=INPUT_DIR, source=None, type="volume", labels={LABEL: spec.run_id})
         ],
