@@ -462,7 +462,8 @@ def test_truncation_fits_the_context_and_marks_cuts():
     user = messages[-1]["content"]
     assert "[truncated " in user and "AssertionError: boom" in user and "print('hi')" in user
     payload = json.loads(user.rsplit("```json\n", 1)[1].rsplit("\n```", 1)[0])
-    assert set(payload) == {"goal", "task", "files", "command", "sandbox"}
+    assert set(payload) == {"goal", "task", "task_number", "files", "deleted", "diff", "workspace", "command",
+                            "sandbox"}
     assert payload["sandbox"]["outcome"] == "error" and payload["goal"] == GOAL
     # with room to spare nothing is cut
     _, cut, _ = roles.fit(roles.conversation_for(spec, make_task(common_pb2.ROLE_QA, "t"), settings),
@@ -477,7 +478,7 @@ def test_answers_are_validated():
     ok, err = roles.parse_answer(roles.Artifact, json.dumps(
         {"files": [{"name": "a.py", "content": "x"}], "command": ["python3", "-m", "unittest"], "notes": "n"}))
     assert err is None and ok.files[0].name == "a.py"
-    for files, command, needle in (([], ["x"], "at least 1"), ([{"name": "a/b.py", "content": ""}], ["x"], "separator"),
+    for files, command, needle in (([], ["x"], "changes nothing"), ([{"name": "a/b.py", "content": ""}], ["x"], "separator"),
                                    ([{"name": "..x", "content": ""}], ["x"], "'..'"),
                                    ([{"name": "a.py", "content": ""}], [], "at least 1"),
                                    ([{"name": "a.py", "content": ""}] * 2, ["x"], "duplicate")):

@@ -6,12 +6,22 @@ the answer is the assistant message's content, a JSON object), with
 
 * ``coo_plan``          in  ``{"goal": str, "max_tasks": int}``
                         out ``{"tasks": [{"title": str, "description": str}]}`` (1..max_tasks)
-* ``engineer_artifact`` in  ``{"goal": str, "task": {"title", "description"}, "attempt": int,
-                        "feedback": str | null, "previous_files": [{"name", "content"}]}``
-                        out ``{"files": [{"name", "content"}], "command": [str], "notes": str}``
-* ``qa_verdict``        in  ``{"goal", "task": {"title", "description"}, "files": [{"name", "content"}],
-                        "command": [str], "sandbox": {"outcome", "exit_code", "stdout", "stderr"}}``
+* ``engineer_artifact`` in  ``{"goal": str, "plan": [{"number", "title", "status", "current"?}],
+                        "task": {"title", "description"}, "task_number": int, "attempt": int,
+                        "feedback": str | null, "workspace": {"files": [{"name", "content"}],
+                        "listing": [{"name", "bytes"}], "complete": bool, "note": str},
+                        "previous_changes": [{"name", "content"}]}``
+                        out ``{"files": [{"name", "content"}] (added or changed), "delete": [str],
+                        "command": [str], "notes": str}``
+* ``qa_verdict``        in  ``{"goal", "task": {"title", "description"}, "task_number",
+                        "files": [{"name", "content"}] (added or changed), "deleted": [str],
+                        "diff": str, "workspace": [{"name", "bytes"}], "command": [str],
+                        "sandbox": {"outcome", "exit_code", "stdout", "stderr", "error"}}``
                         out ``{"passed": bool, "feedback": str, "score": float 0..1}``
+
+The workspace is the mission's shared files (every earlier task's output); the engineer answers
+only what it adds, changes or deletes, and the command runs in the whole workspace
+(:mod:`coo.agent.workspace_view` decides how much of it a prompt shows).
 
 Prompt templates live in ``prompts/<role>.md`` (and ``repair.md``): a line ``<!-- system -->``
 starts the system message, a line ``<!-- user -->`` the user message, anything before the first
@@ -38,8 +48,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from coo.agent import workspace_view
 from coo.agent.llm import estimate_prompt_tokens
 from coo.agent.settings import AgentSettings
+from coo.common import workspace
 from coo.v1 import agent_pb2, common_pb2, mission_pb2, sandbox_pb2
 
 # ------------------------------------------------------------------------------- prompts
@@ -102,6 +114,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     }),
     "engineer_artifact": _object({
         "files": {"type": "array", "items": _FILE},
+        "delete": {"type": "array", "items": {"type": "string"}},
         "command": {"type": "array", "items": {"type": "string"}},
         "notes": {"type": "string"},
     }),
@@ -142,18 +155,6 @@ class Plan(_Answer):
         return value
 
 
-def validate_file_name(name: str) -> str:
-    if not name or name in (".", ".."):
-        raise ValueError("file name must not be empty, '.' or '..'")
-    if "/" in name or "\\" in name:
-        raise ValueError(f"file name {name!r} must not contain a path separator")
-    if ".." in name:
-        raise ValueError(f"file name {name!r} must not contain '..'")
-    if "\x00" in name or len(name) > 255:
-        raise ValueError(f"file name {name[:40]!r} is not a valid file name")
-    return name
-
-
 class ArtifactFile(_Answer):
     name: str
     content: str
@@ -161,13 +162,19 @@ class ArtifactFile(_Answer):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        return validate_file_name(value)
+        return workspace.check_file_name(value)
 
 
 class Artifact(_Answer):
-    files: list[ArtifactFile] = Field(min_length=1)
+    files: list[ArtifactFile]
+    delete: list[str] = Field(default_factory=list)
     command: list[str] = Field(min_length=1)
     notes: str = ""
+
+    @field_validator("delete")
+    @classmethod
+    def _delete(cls, value: list[str]) -> list[str]:
+        return [workspace.check_file_name(name) for name in value]
 
     @field_validator("command")
     @classmethod
@@ -182,6 +189,11 @@ class Artifact(_Answer):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"duplicate file names: {dup}")
+        both = sorted(set(names) & set(self.delete))
+        if both:
+            raise ValueError(f"files both written and deleted: {both}")
+        if not self.files and not self.delete:
+            raise ValueError("the answer changes nothing: give the files you add or change (or delete)")
         return self
 
 
@@ -191,19 +203,43 @@ class QAVerdict(_Answer):
     score: float = Field(ge=0.0, le=1.0)
 
 
-_FENCE = re.compile(r"^```[a-zA-Z]*[ \t]*\r?\n(.*?)\r?\n?```$", re.DOTALL)
+_FENCED = re.compile(r"```[a-zA-Z]*[ \t]*\r?\n(.*?)\r?\n?```", re.DOTALL)
+_DECODER = json.JSONDecoder()
+
+
+def extract_json(text: str) -> Any:
+    """The answer's JSON: the whole text, else the first fenced block that parses, else the first
+    JSON object in the prose (open models often write a sentence before the object). Raises
+    ``ValueError`` (with the whole text's parse error) when there is none."""
+    stripped = text.strip()
+    try:
+        return json.loads(stripped)
+    except ValueError as exc:
+        first_error = exc
+    for block in _FENCED.findall(stripped):
+        try:
+            return json.loads(block.strip())
+        except ValueError:
+            continue
+    start = stripped.find("{")
+    while start != -1:
+        try:
+            value, _ = _DECODER.raw_decode(stripped, start)
+        except ValueError:
+            start = stripped.find("{", start + 1)
+            continue
+        if isinstance(value, dict):
+            return value
+        start = stripped.find("{", start + 1)
+    raise first_error
 
 
 def parse_answer(model: type[_Answer], text: str, context: dict[str, Any] | None = None) -> tuple[_Answer | None, str | None]:
-    """``(answer, None)`` or ``(None, what is wrong)``; a fenced answer is tolerated."""
-    stripped = (text or "").strip()
-    if not stripped:
+    """``(answer, None)`` or ``(None, what is wrong)``; JSON in a fence or after prose is tolerated."""
+    if not (text or "").strip():
         return None, "the answer was empty"
-    m = _FENCE.match(stripped)
-    if m:
-        stripped = m.group(1).strip()
     try:
-        value = json.loads(stripped)
+        value = extract_json(text)
     except ValueError as exc:
         return None, f"the answer is not valid JSON ({exc})"
     if not isinstance(value, dict):
@@ -263,16 +299,24 @@ def _coo_input(task: agent_pb2.AgentTask, settings: AgentSettings) -> dict[str, 
 
 def _engineer_input(task: agent_pb2.AgentTask, settings: AgentSettings) -> dict[str, Any]:
     feedback = task.feedback or task.task.last_feedback
-    return {"goal": task.goal, "task": _task_view(task), "attempt": max(1, task.attempt),
-            "feedback": feedback or None, "previous_files": _files(task.previous_files)}
+    view = workspace_view.engineer_view(
+        task.workspace, task_texts=[task.task.title, task.task.description, feedback],
+        touched=[f.name for f in task.previous_files], budget_tokens=settings.agent_workspace_tokens)
+    return {"goal": task.goal, "plan": workspace_view.plan_view(task.plan, task.task_number),
+            "task": _task_view(task), "task_number": task.task_number or 1, "attempt": max(1, task.attempt),
+            "feedback": feedback or None, "workspace": view, "previous_changes": _files(task.previous_files)}
 
 
 def _qa_input(task: agent_pb2.AgentTask, settings: AgentSettings) -> dict[str, Any]:
     sr = task.sandbox_result
-    return {"goal": task.goal, "task": _task_view(task), "files": _files(task.artifact_files),
+    changed, deleted = workspace.changes(task.workspace, task.artifact_files)
+    return {"goal": task.goal, "task": _task_view(task), "task_number": task.task_number or 1,
+            "files": _files(changed), "deleted": deleted,
+            "diff": workspace.unified_diff(task.workspace, task.artifact_files),
+            "workspace": workspace_view.listing(task.artifact_files),
             "command": list(task.artifact_command),
             "sandbox": {"outcome": _outcome(sr.outcome), "exit_code": sr.exit_code,
-                        "stdout": sr.stdout, "stderr": sr.stderr}}
+                        "stdout": sr.stdout, "stderr": sr.stderr, "error": sr.error}}
 
 
 def _coo_trim(inp: dict[str, Any]) -> list[tuple[Path, str]]:
@@ -282,13 +326,14 @@ def _coo_trim(inp: dict[str, Any]) -> list[tuple[Path, str]]:
 def _engineer_trim(inp: dict[str, Any]) -> list[tuple[Path, str]]:
     paths: list[tuple[Path, str]] = [(("feedback",), "head"), (("task", "description"), "middle"),
                                      (("goal",), "middle")]
-    paths += [(("previous_files", i, "content"), "middle") for i in range(len(inp["previous_files"]))]
+    paths += [(("previous_changes", i, "content"), "middle") for i in range(len(inp["previous_changes"]))]
     return paths
 
 
 def _qa_trim(inp: dict[str, Any]) -> list[tuple[Path, str]]:
     paths: list[tuple[Path, str]] = [(("sandbox", "stdout"), "tail"), (("sandbox", "stderr"), "tail"),
-                                     (("task", "description"), "middle"), (("goal",), "middle")]
+                                     (("diff",), "middle"), (("task", "description"), "middle"),
+                                     (("goal",), "middle")]
     paths += [(("files", i, "content"), "middle") for i in range(len(inp["files"]))]
     return paths
 
@@ -302,6 +347,7 @@ def _apply_plan(plan: Plan, result: agent_pb2.AgentResult) -> None:
 
 def _apply_artifact(artifact: Artifact, result: agent_pb2.AgentResult) -> None:
     result.artifact_files.extend(common_pb2.File(name=f.name, content=f.content) for f in artifact.files)
+    result.deleted_files.extend(artifact.delete)
     result.artifact_command.extend(artifact.command)
 
 
@@ -314,8 +360,10 @@ SPECS: dict[str, RoleSpec] = {
     "coo": RoleSpec("coo", common_pb2.ROLE_COO, "coo_plan", Plan, _coo_input, _coo_trim, _apply_plan,
                     lambda task, s: {"max_tasks": s.agent_max_plan_tasks}),
     "engineer": RoleSpec("engineer", common_pb2.ROLE_ENGINEER, "engineer_artifact", Artifact, _engineer_input,
-                         _engineer_trim, _apply_artifact, lambda task, s: {"attempt": max(1, task.attempt)}),
-    "qa": RoleSpec("qa", common_pb2.ROLE_QA, "qa_verdict", QAVerdict, _qa_input, _qa_trim, _apply_verdict),
+                         _engineer_trim, _apply_artifact,
+                         lambda task, s: {"attempt": max(1, task.attempt), "task_number": task.task_number or 1}),
+    "qa": RoleSpec("qa", common_pb2.ROLE_QA, "qa_verdict", QAVerdict, _qa_input, _qa_trim, _apply_verdict,
+                   lambda task, s: {"task_number": task.task_number or 1}),
 }
 
 ROLE_NAMES = {spec.role: name for name, spec in SPECS.items()}

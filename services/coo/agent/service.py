@@ -18,8 +18,12 @@ For each :class:`AgentTask`:
    task with ``BUDGET_EXCEEDED`` (error = the refusal's reason) and no LLM call. After the call
    the reservation is settled with the usage the provider reported (inside the chat span, which
    gets ``coo.cost.usd``); when the call fails it is released.
-5. The answer is validated; an invalid one gets one repair call (the invalid answer and the error
-   are sent back); still invalid: ``INVALID_OUTPUT``.
+5. A refusal (``message.refusal``) ends the task with ``REFUSED`` and the refusal's text,
+   scrubbed. An answer cut off by the output cap (``finish_reason: "length"``) gets one more call
+   with twice the cap (up to ``COO_LLM_MAX_OUTPUT_TOKENS_CEILING`` and the context window, and
+   within the budget), else a clear error. The answer is then validated; an invalid one gets one
+   repair call (the invalid answer and the error are sent back); still invalid: ``INVALID_OUTPUT``.
+   Before every call the task queues behind the provider's rate limits (:mod:`coo.agent.ratelimit`).
 6. Transient LLM failures (timeouts, connection errors, 429, 5xx after the SDK's own retries)
    and an unreachable budget service raise :class:`Retry` (redelivered later), except from
    delivery ``COO_AGENT_FINAL_DELIVERY`` (default 4) on, which publishes ``ok=false`` instead so
@@ -47,6 +51,7 @@ from coo.agent.settings import AgentSettings
 from coo.budget.client import BudgetClient
 from coo.common import metrics, topology
 from coo.common.bus import Bus, Delivery, InvalidMessage, Retry, ServiceError
+from coo.common.scrub import scrub_text
 from coo.common.service import ServiceContext, run
 from coo.common.telemetry import get_logger, trace_exemplar
 from coo.v1 import agent_pb2, budget_pb2, common_pb2
@@ -82,6 +87,8 @@ class _Run:
     calls: int = 0
     truncated_chars: int = 0
     answered_by: str = ""
+    usage_estimated: bool = False
+    structured_output: str = ""
 
 
 def reservation_id_for(task_id: str, call: int, delivery: int) -> str:
@@ -179,6 +186,8 @@ class Agent:
                     result.error_kind = agent_pb2.ERROR_KIND_INTERNAL
                     outcome = "internal"
                 result.usage.CopyFrom(run_.usage)
+                result.usage_estimated = run_.usage_estimated
+                result.structured_output = run_.structured_output
                 if run_.answered_by:
                     result.model = run_.answered_by
                 result.duration_seconds = time.perf_counter() - started
@@ -238,6 +247,8 @@ class Agent:
         spec, settings = run_.spec, self.settings
         conversation = roles.conversation_for(spec, run_.task, settings)
         completion = await self._call(run_, conversation)
+        if completion.finish_reason == "length" and self._parse(run_, completion)[1] is not None:
+            completion = await self._longer(run_, conversation)
         answer, error = self._parse(run_, completion)
         repairs = 0
         while error is not None and repairs < settings.agent_repair_attempts:
@@ -256,6 +267,36 @@ class Agent:
                            "invalid_output")
         spec.apply(answer, result)
 
+    async def _longer(self, run_: _Run, conversation: roles.Conversation) -> Completion:
+        """The one retry of an answer cut off by the output cap: twice the cap, if it fits."""
+        cut_at = run_.max_output_tokens
+        context = self.settings.context_tokens_for(run_.model)
+        spec = run_.spec
+        needed = roles.fit(conversation, context_tokens=context, max_output_tokens=1,
+                           response_format=response_format_for(spec.schema_name, spec.schema))[2]
+        larger = min(2 * cut_at, self.settings.llm_max_output_tokens_ceiling, context - needed)
+        if larger <= cut_at:
+            raise _Failure(agent_pb2.ERROR_KIND_INVALID_OUTPUT,
+                           f"the answer was cut off at the limit of {cut_at} output tokens, and no larger limit "
+                           f"fits (ceiling {self.settings.llm_max_output_tokens_ceiling}, context {context})",
+                           "output_cut_off")
+        log.info("answer cut off by the output limit; one retry with a larger one", task_id=run_.task.task_id,
+                 role=run_.role, max_output_tokens=cut_at, retry_with=larger)
+        run_.span.add_event("coo.output_cut_off", {"coo.max_output_tokens": cut_at, "coo.retry_with": larger})
+        run_.max_output_tokens = larger
+        try:
+            completion = await self._call(run_, conversation)
+        except _Failure as failure:
+            if failure.kind == agent_pb2.ERROR_KIND_BUDGET_EXCEEDED:
+                raise _Failure(failure.kind, f"the answer was cut off at {cut_at} output tokens and a retry with "
+                               f"{larger} does not fit the budget: {failure}", failure.label) from None
+            raise
+        if completion.finish_reason == "length" and self._parse(run_, completion)[1] is not None:
+            raise _Failure(agent_pb2.ERROR_KIND_INVALID_OUTPUT,
+                           f"the answer was cut off at the output limit twice ({cut_at}, then {larger} tokens)",
+                           "output_cut_off")
+        return completion
+
     def _parse(self, run_: _Run, completion: Completion):
         answer, error = roles.parse_answer(run_.spec.answer_model, completion.text,
                                            run_.spec.validation_context(self.settings))
@@ -273,6 +314,7 @@ class Agent:
 
     async def _call(self, run_: _Run, conversation: roles.Conversation) -> Completion:
         spec, task = run_.spec, run_.task
+        # The estimate counts the schema once, as it goes out in every structured-output mode.
         response_format = response_format_for(spec.schema_name, spec.schema)
         try:
             messages, truncated, estimate = roles.fit(
@@ -285,6 +327,9 @@ class Agent:
             log.info("prompt truncated to fit the context window", task_id=task.task_id,
                      truncated_chars=truncated, estimated_tokens=estimate)
 
+        waited = await self.llm.wait_turn(run_.model, estimate + run_.max_output_tokens)
+        if waited > 0.5:
+            run_.span.add_event("coo.rate_limited", {"coo.waited_seconds": round(waited, 3)})
         run_.calls += 1
         reservation_id = reservation_id_for(task.task_id, run_.calls, run_.delivery.num_delivered)
         try:
@@ -310,7 +355,7 @@ class Agent:
         started = time.perf_counter()
         try:
             completion = await self.llm.chat(model=run_.model, messages=messages, max_tokens=run_.max_output_tokens,
-                                             response_format=response_format, on_usage=on_usage)
+                                             schema_name=spec.schema_name, schema=spec.schema, on_usage=on_usage)
         except LLMError as exc:
             metrics.LLM_SECONDS.labels(run_.model, "error").observe(time.perf_counter() - started)
             metrics.LLM_ERRORS.labels(run_.model, exc.kind).inc()
@@ -319,11 +364,21 @@ class Agent:
             if not exc.settled:
                 await self._release(run_, reservation_id, exc.kind)
             if exc.transient:
-                raise self._transient(run_, f"LLM call failed: {exc}", agent_pb2.ERROR_KIND_LLM, "llm_error") from None
+                retry = self._transient(run_, f"LLM call failed: {exc}", agent_pb2.ERROR_KIND_LLM, "llm_error")
+                if isinstance(retry, Retry) and exc.retry_after:
+                    retry.delay = max(retry.delay, min(exc.retry_after, 300.0))
+                raise retry from None
             raise _Failure(agent_pb2.ERROR_KIND_LLM, f"LLM call failed: {exc}", "llm_error") from None
         metrics.LLM_SECONDS.labels(run_.model, "ok").observe(time.perf_counter() - started)
         run_.usage.calls += 1
         run_.answered_by = completion.model
+        run_.structured_output = completion.structured_output
+        run_.usage_estimated = run_.usage_estimated or not completion.usage_reported
+        if completion.refusal:
+            metrics.LLM_ERRORS.labels(run_.model, "refusal").inc()
+            refusal = _short(scrub_text(" ".join(completion.refusal.split())), 500)
+            run_.span.add_event("coo.refusal", {"coo.refusal.text": refusal})
+            raise _Failure(agent_pb2.ERROR_KIND_REFUSED, f"the model refused: {refusal}", "refused")
         return completion
 
     async def _settle(self, run_: _Run, reservation_id: str, input_tokens: int, output_tokens: int,
@@ -361,7 +416,7 @@ class Agent:
 
 
 # -------------------------------------------------------------------------------- service
-def _llm_check(settings: AgentSettings):
+def _llm_check(settings: AgentSettings, llm: LLMClient):
     url = urlparse(settings.llm_base_url)
     host = url.hostname or "127.0.0.1"
     port = url.port or (443 if url.scheme == "https" else 80)
@@ -372,7 +427,7 @@ def _llm_check(settings: AgentSettings):
         except (OSError, asyncio.TimeoutError) as exc:
             return False, f"{host}:{port} unreachable ({type(exc).__name__})"
         writer.close()
-        return True, f"{host}:{port} reachable"
+        return True, f"{host}:{port} reachable; {llm.describe()}"
 
     return check
 
@@ -384,12 +439,14 @@ async def start(ctx: ServiceContext) -> None:
     instrument_openai()
     llm = LLMClient(settings)
     agent = Agent(ctx.bus, settings, llm)
-    ctx.checks["llm"] = _llm_check(settings)
+    ctx.checks["llm"] = _llm_check(settings, llm)
     for role in settings.agent_roles:
         ctx.bus.consume(f"agent-{role}", agent.handle, [agent_pb2.AgentTask],
                         concurrency=settings.concurrency_for(role))
     log.info("agent roles consuming", roles=list(settings.agent_roles), llm_base_url=settings.llm_base_url,
-             models={r: settings.model_for(r) for r in settings.agent_roles})
+             models={r: settings.model_for(r) for r in settings.agent_roles},
+             structured_output=settings.llm_structured_output,
+             concurrency={r: settings.concurrency_for(r) for r in settings.agent_roles})
 
 
 def main() -> None:

@@ -43,15 +43,37 @@ class AgentSettings(CommonSettings):
     llm_timeout_seconds: float = Field(120.0, gt=0, description="timeout of one HTTP request to the LLM")
     llm_max_retries: int = Field(2, ge=0, description="SDK retries of 408/409/429/5xx and connection errors")
     llm_temperature: float | None = Field(None, ge=0, le=2, description="sent only when set")
+    llm_structured_output: str = Field(
+        "auto", pattern="^(auto|json_schema|json_object|prompt)$",
+        description="how answers are constrained: json_schema (strict), json_object, prompt (schema in the "
+        "prompt, JSON extracted from the answer); auto steps down on a 400 naming the response format")
+    llm_token_parameter: str = Field(
+        "auto", pattern="^(auto|max_tokens|max_completion_tokens)$",
+        description="parameter of the output cap; auto: max_completion_tokens for the models below or when "
+        "a 400 asks for it, else max_tokens")
+    llm_max_completion_tokens_models: Annotated[tuple[str, ...], NoDecode] = Field(
+        ("o1*", "o3*", "o4*", "gpt-5*"), description="models (glob patterns, comma-separated) that take "
+        "max_completion_tokens")
+    llm_max_output_tokens_ceiling: int = Field(
+        16384, ge=1, description="largest output cap of the one retry after an answer cut off by the limit")
+    llm_requests_per_minute: int = Field(0, ge=0, description="provider rate limit per model (0: none)")
+    llm_tokens_per_minute: int = Field(0, ge=0, description="provider token rate limit per model (0: none)")
+    llm_rate_limits: dict[str, dict[str, int]] = Field(
+        default_factory=dict, description='per-model limits, JSON: {"gpt-4o": {"rpm": 500, "tpm": 30000}}')
 
     # ------------------------------------------------------------------------- the work
-    agent_concurrency_coo: int = Field(2, ge=1)
-    agent_concurrency_engineer: int = Field(4, ge=1)
-    agent_concurrency_qa: int = Field(4, ge=1)
+    # Tasks in flight per role: LLM calls are I/O (one asyncio task each), so hundreds fit in one
+    # replica; the bound that matters is the provider's rate limit (llm_requests_per_minute, ...).
+    agent_concurrency_coo: int = Field(256, ge=1)
+    agent_concurrency_engineer: int = Field(512, ge=1)
+    agent_concurrency_qa: int = Field(512, ge=1)
     agent_max_plan_tasks: int = Field(5, ge=1, description="max_tasks given to the coo role")
     agent_heartbeat_seconds: float = Field(10.0, gt=0, description="in_progress() interval during a task")
     agent_final_delivery: int = Field(
         4, ge=1, description="from this delivery on, a transient LLM error is a final ok=false result")
+    agent_workspace_tokens: int = Field(
+        6000, ge=0, description="tokens of workspace file contents an engineer prompt may carry; a larger "
+        "workspace is shown as a listing plus the files the task touches")
     agent_repair_attempts: int = Field(1, ge=0, description="repair calls after an invalid answer")
 
     # ---------------------------------------------------------------------------- budget
@@ -73,7 +95,14 @@ class AgentSettings(CommonSettings):
             raise ValueError("at least one role is required")
         return tuple(dict.fromkeys(roles))
 
-    @field_validator("llm_context_tokens_by_model", mode="before")
+    @field_validator("llm_max_completion_tokens_models", mode="before")
+    @classmethod
+    def _parse_patterns(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [p.strip() for p in value.split(",") if p.strip()]
+        return tuple(value)
+
+    @field_validator("llm_context_tokens_by_model", "llm_rate_limits", mode="before")
     @classmethod
     def _parse_map(cls, value: Any) -> Any:
         if isinstance(value, str):

@@ -44,7 +44,7 @@ class Api:
         self.close()
 
     def _call(self, method: str, path: str, *, mutating: bool = False, hints: dict[int, str] | None = None,
-              **kwargs: Any) -> Any:
+              raw: bool = False, **kwargs: Any) -> Any:
         headers = {}
         if mutating:
             if not self._token:
@@ -74,6 +74,8 @@ class Api:
                     429: "the system is busy or a budget is exhausted; see `coo status`",
                     **(hints or {})}.get(resp.status_code, "")
             raise CliError(f"{detail} (HTTP {resp.status_code})", hint)
+        if raw:
+            return resp.content
         try:
             return resp.json()
         except ValueError:
@@ -82,6 +84,10 @@ class Api:
 
     def get(self, path: str, hints: dict[int, str] | None = None, **params: Any) -> Any:
         return self._call("GET", path, hints=hints, params={k: v for k, v in params.items() if v is not None})
+
+    def get_bytes(self, path: str, hints: dict[int, str] | None = None, **params: Any) -> bytes:
+        return self._call("GET", path, hints=hints, raw=True,
+                          params={k: v for k, v in params.items() if v is not None})
 
     def post(self, path: str, body: dict | None = None, hints: dict[int, str] | None = None) -> Any:
         return self._call("POST", path, mutating=True, hints=hints, json=body or {})

@@ -30,6 +30,9 @@ MISSION_SECONDS = Histogram("coo_mission_duration_seconds", "Mission wall time f
 MISSION_RETRIES = Counter("coo_mission_retries_total", "Engineer retries after a failed QA verdict")
 TASK_SECONDS = Histogram("coo_task_duration_seconds", "Agent task duration by role", ["role", "outcome"],
                          buckets=_LATENCY + (120, 300))
+QA_OVERRULED = Counter("coo_qa_overruled_total",
+                       "QA verdicts that passed a run without evidence of success (red or no test), overruled",
+                       ["model"])
 BACKPRESSURE = Counter("coo_backpressure_pauses_total", "Missions hard-paused by backpressure")
 ADMISSION_REFUSED = Counter("coo_missions_refused_total", "Missions refused at admission", ["reason"])
 

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from fastapi import Path as FastApiPath
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response, status
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from nats.js.errors import BadRequestError as NatsBadRequest
 from nats.js.errors import NotFoundError as NatsNotFound
@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 
 from coo import __version__
 from coo.budget import client as budget_client
-from coo.common import timeline
+from coo.common import timeline, workspace
 from coo.common.bus import ServiceError
 from coo.orchestrator import flow
 from coo.orchestrator.engine import AdmissionRefused, Engine, MissionNotFound, NotReady
@@ -119,16 +119,35 @@ def mission_view(m: mission_pb2.Mission, *, with_files: bool = True) -> dict[str
         "error": m.error or None,
         "labels": dict(m.labels),
         "model": m.model or None,
+        "cost_estimated": m.cost_estimated,
+        "workspace": {"files": len(m.workspace), "bytes": workspace.size_of(m.workspace)},
     }
     if m.last_sandbox_result.run_id:
         r = m.last_sandbox_result
         view["last_sandbox_result"] = {"run_id": r.run_id, "outcome": _outcome(r.outcome), "exit_code": r.exit_code,
                                        "duration_seconds": r.duration_seconds, "backend": r.backend,
+                                       "error": r.error or None,
                                        "stdout": r.stdout[-2000:], "stderr": r.stderr[-2000:]}
     if with_files:
         view["artifacts"] = [{"name": f.name, "content": f.content} for f in m.artifacts]
         view["artifact_command"] = list(m.artifact_command)
     return view
+
+
+def workspace_view(m: mission_pb2.Mission, candidate: bool = False) -> dict[str, Any]:
+    files = m.artifacts if candidate else m.workspace
+    return {
+        "mission_id": m.mission_id,
+        "status": flow.status_name(m.status),
+        "final": m.status in flow.FINAL and not candidate,
+        "candidate": candidate,
+        "files": [{"name": f.name, "bytes": len(f.content.encode("utf-8"))} for f in files],
+        "bytes": workspace.size_of(files),
+        "command": list(m.artifact_command),
+        "versions": [{"task_id": v.task_id, "attempt": v.attempt, "changed": list(v.changed),
+                      "deleted": list(v.deleted), "files": v.files, "bytes": v.bytes, "outcome": v.outcome,
+                      "at": _ts(v.at)} for v in m.workspace_versions],
+    }
 
 
 def event_view(e) -> dict[str, Any]:
@@ -217,6 +236,33 @@ def create_api(engine: Engine, token: str) -> FastAPI:
     @app.get("/v1/missions/{mission_id}", responses=errors)
     async def get_mission(mission_id: str):
         return mission_view(await _mission(mission_id))
+
+    candidate_query = Query(False, description="the current attempt's candidate instead of the workspace "
+                                               "of passed tasks")
+
+    @app.get("/v1/missions/{mission_id}/workspace", responses=errors)
+    async def get_workspace(mission_id: str, candidate: bool = candidate_query):
+        """The mission's workspace (every passed task's files; the mission's result once it is final):
+        file list with sizes, and one entry per engineer attempt."""
+        return workspace_view(await _mission(mission_id), candidate)
+
+    @app.get("/v1/missions/{mission_id}/workspace/files/{name}", responses=errors,
+             response_class=PlainTextResponse)
+    async def get_workspace_file(mission_id: str, name: str, candidate: bool = candidate_query):
+        """One file of the workspace, as text."""
+        m = await _mission(mission_id)
+        content = workspace.by_name(m.artifacts if candidate else m.workspace).get(name)
+        if content is None:
+            raise HTTPException(404, f"mission {mission_id} has no file {name[:255]!r} in its workspace")
+        return PlainTextResponse(content, media_type="text/plain; charset=utf-8")
+
+    @app.get("/v1/missions/{mission_id}/workspace.tar.gz", responses=errors)
+    async def get_workspace_tarball(mission_id: str, candidate: bool = candidate_query):
+        """The workspace as a gzip-compressed tar, every file under ``<mission id>/``."""
+        m = await _mission(mission_id)
+        data = workspace.tarball(m.artifacts if candidate else m.workspace, m.mission_id)
+        return Response(data, media_type="application/gzip",
+                        headers={"Content-Disposition": f'attachment; filename="{m.mission_id}.tar.gz"'})
 
     @app.get("/v1/missions/{mission_id}/timeline", responses=errors)
     async def get_timeline(mission_id: str):

@@ -23,6 +23,7 @@ from opentelemetry.trace import SpanKind
 from coo.common import metrics, timeline, topology
 from coo.common.bus import Bus, Delivery, InvalidMessage
 from coo.common.telemetry import get_logger, trace_exemplar
+from coo.common.workspace import WorkspaceLimits
 from coo.orchestrator import flow
 from coo.orchestrator.settings import OrchestratorSettings
 from coo.v1 import agent_pb2, budget_pb2, common_pb2, control_pb2, mission_pb2, sandbox_pb2
@@ -73,7 +74,9 @@ class Engine:
         self.bus = bus
         self.settings = settings
         self.policy = flow.Policy(max_retries=settings.max_retries, max_pending_work=settings.max_pending_work,
-                                  on_budget_exceeded=settings.budget_on_exceeded)
+                                  on_budget_exceeded=settings.budget_on_exceeded,
+                                  limits=WorkspaceLimits(settings.workspace_max_files, settings.workspace_max_bytes,
+                                                         settings.workspace_max_file_bytes))
         self.sandbox = flow.SandboxDefaults(settings.sandbox_timeout_seconds, settings.sandbox_memory_mb,
                                             settings.sandbox_cpu_seconds, settings.sandbox_max_output_bytes)
         self.kv = None
@@ -257,6 +260,7 @@ class Engine:
             step = fn(m)
             if step is None:
                 return None
+            m.pending_work = flow.pending_work(m)
             m.updated_at.CopyFrom(flow.now())
             try:
                 await self.kv.update(mission_id, m.SerializeToString(), last=entry.revision)
@@ -292,8 +296,13 @@ class Engine:
                      cost_usd=round(m.usage.cost_usd, 6), retries=m.retries)
         if any(ev.type == "task.retry" for ev in step.events):
             metrics.MISSION_RETRIES.inc()
-        if any(ev.type == "backpressure" for ev in step.events):
-            metrics.BACKPRESSURE.inc()
+        for ev in step.events:
+            if ev.type == "backpressure":
+                metrics.BACKPRESSURE.inc()
+            elif ev.type == "qa.overruled":
+                metrics.QA_OVERRULED.labels(ev.attributes.get("model", "unknown")).inc()
+                log.warning("QA approved a run without evidence of success; overruled", mission_id=m.mission_id,
+                            task_id=ev.attributes.get("task_id"), reason=ev.attributes.get("reason"))
 
     async def _dispatch(self, m: mission_pb2.Mission) -> None:
         work = flow.next_work(m, self.sandbox)

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from coo.common import topology
+from coo.common import topology, workspace
+from coo.orchestrator import evidence
 from coo.v1 import agent_pb2, common_pb2, mission_pb2, sandbox_pb2
 
 S = mission_pb2
@@ -26,6 +27,9 @@ LIVE = frozenset({S.MISSION_STATUS_CREATED, S.MISSION_STATUS_PLANNING, S.MISSION
 PAUSABLE = LIVE - {S.MISSION_STATUS_PAUSED}
 
 KIND_PLAN, KIND_ENGINEER, KIND_SANDBOX, KIND_QA = "plan", "engineer", "sandbox", "qa"
+# Work items a task still needs once its current item is: engineer → sandbox run → QA.
+_REMAINING = {KIND_ENGINEER: 3, KIND_SANDBOX: 2, KIND_QA: 1}
+WORK_PER_TASK = 3
 
 
 def status_name(status: int) -> str:
@@ -53,8 +57,10 @@ class Event:
 @dataclass
 class Policy:
     max_retries: int = 2
-    max_pending_work: int = 8
+    # Work items (engineer answers, sandbox runs, QA verdicts) still ahead of a mission.
+    max_pending_work: int = 12
     on_budget_exceeded: str = "fail"   # or "pause"
+    limits: workspace.WorkspaceLimits = field(default_factory=workspace.WorkspaceLimits)
 
 
 @dataclass
@@ -133,9 +139,36 @@ def _add_usage(m: mission_pb2.Mission, usage: common_pb2.Usage) -> None:
 
 
 def pending_work(m: mission_pb2.Mission) -> int:
-    """Work the mission still has before it can finish: unfinished tasks plus the outstanding item."""
-    unfinished = sum(1 for t in m.tasks if t.status in (S.TASK_STATUS_PENDING, S.TASK_STATUS_IN_PROGRESS))
-    return unfinished + (1 if m.awaiting and m.awaiting_kind == KIND_PLAN else 0)
+    """Work items still ahead of the mission, the outstanding one included: every queued task
+    needs an engineer answer, a sandbox run and a QA verdict; the task in progress what is left of
+    those. A retry puts its task's items back, so the count grows with rework."""
+    if m.status in FINAL:
+        return 0
+    if m.awaiting_kind == KIND_PLAN:
+        return 1
+    total = 0
+    for i, t in enumerate(m.tasks):
+        if t.status == S.TASK_STATUS_PENDING:
+            total += WORK_PER_TASK
+        elif t.status == S.TASK_STATUS_IN_PROGRESS:
+            current = i == m.current_task and m.awaiting_kind in _REMAINING
+            total += _REMAINING[m.awaiting_kind] if current else WORK_PER_TASK
+    return total
+
+
+def _over_bound(m: mission_pb2.Mission, policy: Policy, step: Step) -> bool:
+    """Backpressure: record the pending work; past the bound (or past what an operator accepted
+    by resuming) the mission is hard-paused and only control messages move it."""
+    m.pending_work = pending_work(m)
+    bound = max(policy.max_pending_work, m.pending_work_accepted)
+    if m.pending_work <= bound:
+        return False
+    step.event("backpressure", f"pending work {m.pending_work} > bound {bound}: hard pause "
+               "(resume to accept it)", level="warning", pending_work=m.pending_work, bound=bound)
+    m.paused_from = m.status if m.status != S.MISSION_STATUS_PLANNING else S.MISSION_STATUS_EXECUTING
+    step.dispatch = False
+    _set_status(m, S.MISSION_STATUS_PAUSED, step, "backpressure")
+    return True
 
 
 def _budget_exceeded(m: mission_pb2.Mission, reason: str, policy: Policy, step: Step) -> None:
@@ -208,13 +241,9 @@ def _on_plan(m: mission_pb2.Mission, r: agent_pb2.AgentResult, policy: Policy, s
     m.awaiting_kind = ""
     step.event("mission.planned", f"planned {len(m.tasks)} task(s): " + "; ".join(t.title for t in m.tasks),
                tasks=len(m.tasks))
-    m.pending_work = pending_work(m)
     next_status = S.MISSION_STATUS_AWAITING_APPROVAL if m.require_approval else S.MISSION_STATUS_EXECUTING
-    if m.pending_work > policy.max_pending_work:
-        step.event("backpressure", f"pending work {m.pending_work} > bound {policy.max_pending_work}: hard pause",
-                   level="warning", pending_work=m.pending_work, bound=policy.max_pending_work)
+    if _over_bound(m, policy, step):
         m.paused_from = next_status
-        _set_status(m, S.MISSION_STATUS_PAUSED, step, "backpressure")
         return
     _after_plan(m, next_status, step)
 
@@ -235,13 +264,43 @@ def _on_artifact(m: mission_pb2.Mission, r: agent_pb2.AgentResult, policy: Polic
         else:
             finish(m, S.MISSION_STATUS_FAILED, step, f"engineer failed on “{task.title}”: {r.error}")
         return
+    if r.usage_estimated:
+        _cost_estimated(m, step)
+    try:
+        candidate, changed, deleted = workspace.apply(m.workspace, r.artifact_files, r.deleted_files,
+                                                      policy.limits)
+    except workspace.WorkspaceError as exc:
+        step.event("workspace.refused", f"the change of “{task.title}” was refused: {exc}", level="warning",
+                   task_id=task.task_id, attempt=task.attempts)
+        _failed_attempt(m, f"The workspace refused your change: {exc}. Change fewer or smaller files.",
+                        policy, step)
+        return
     del m.artifacts[:]
-    m.artifacts.extend(r.artifact_files)
+    m.artifacts.extend(candidate)
     del m.artifact_command[:]
     m.artifact_command.extend(r.artifact_command)
-    step.event("artifact.written", f"{len(r.artifact_files)} file(s): " + ", ".join(f.name for f in r.artifact_files),
-               task_id=task.task_id, attempt=task.attempts)
+    m.workspace_versions.add(task_id=task.task_id, attempt=task.attempts, changed=changed, deleted=deleted,
+                             files=len(candidate), bytes=workspace.size_of(candidate), outcome="candidate",
+                             at=now())
+    what = ", ".join(changed) or "no file"
+    if deleted:
+        what += "; deleted " + ", ".join(deleted)
+    step.event("artifact.written", f"changed {what} (workspace: {len(candidate)} file(s))",
+               task_id=task.task_id, attempt=task.attempts, changed=len(changed), deleted=len(deleted),
+               workspace_files=len(candidate))
     _await(m, KIND_SANDBOX, step)
+
+
+def _cost_estimated(m: mission_pb2.Mission, step: Step) -> None:
+    if not m.cost_estimated:
+        m.cost_estimated = True
+        step.event("cost.estimated", "the LLM endpoint reported no token usage: the cost of such calls "
+                   "is the reservation's estimate, not the provider's figure", level="warning")
+
+
+def _close_version(m: mission_pb2.Mission, outcome: str) -> None:
+    if m.workspace_versions and m.workspace_versions[-1].outcome == "candidate":
+        m.workspace_versions[-1].outcome = outcome
 
 
 def on_sandbox_result(m: mission_pb2.Mission, r: sandbox_pb2.SandboxResult, policy: Policy) -> Step | None:
@@ -254,10 +313,11 @@ def on_sandbox_result(m: mission_pb2.Mission, r: sandbox_pb2.SandboxResult, poli
         step.event("result.parked", "sandbox result held while paused", run_id=r.run_id)
         return step
     m.last_sandbox_result.CopyFrom(r)
-    outcome = sandbox_pb2.SandboxOutcome.Name(r.outcome).removeprefix("SANDBOX_OUTCOME_").lower()
-    step.event("sandbox.executed", f"{outcome}, exit code {r.exit_code}, {r.duration_seconds:.2f}s ({r.backend})",
+    outcome = evidence.outcome_name(r.outcome)
+    cause = f": {r.error}" if r.error else ""
+    step.event("sandbox.executed", f"{outcome}, exit code {r.exit_code}, {r.duration_seconds:.2f}s ({r.backend}){cause}",
                level="info" if outcome == "ok" else "warning", run_id=r.run_id, outcome=outcome,
-               exit_code=r.exit_code, duration_seconds=f"{r.duration_seconds:.3f}")
+               exit_code=r.exit_code, duration_seconds=f"{r.duration_seconds:.3f}", error=r.error[:500])
     _set_status(m, S.MISSION_STATUS_REVIEWING, step)
     _await(m, KIND_QA, step)
     return step
@@ -268,21 +328,36 @@ def _on_verdict(m: mission_pb2.Mission, r: agent_pb2.AgentResult, policy: Policy
     if not r.ok:
         finish(m, S.MISSION_STATUS_FAILED, step, f"QA failed on “{task.title}”: {r.error}")
         return
+    if r.usage_estimated:
+        _cost_estimated(m, step)
     v = r.verdict
     task.last_score = v.score
-    step.event("task.reviewed", f"“{task.title}” {'passed' if v.passed else 'failed'} (score {v.score:.2f})",
+    step.event("task.reviewed", f"“{task.title}” {'passed' if v.passed else 'failed'} by QA (score {v.score:.2f})",
                level="info" if v.passed else "warning", task_id=task.task_id, passed=v.passed,
                attempt=task.attempts)
+    red = evidence.failure(m.last_sandbox_result)
+    if v.passed and red is not None:
+        # QA may reject a green run; it can never approve a red one.
+        step.event("qa.overruled", f"QA approved “{task.title}”, but {red}: the attempt fails",
+                   level="warning", task_id=task.task_id, attempt=task.attempts, model=r.model or "unknown",
+                   reason=red)
+        tail = evidence.output_tail(m.last_sandbox_result)
+        _failed_attempt(m, f"The run does not support a pass: {red}." + (f"\nOutput:\n{tail}" if tail else ""),
+                        policy, step)
+        return
     if v.passed:
         task.status = S.TASK_STATUS_PASSED
         task.finished_at.CopyFrom(now())
         task.last_feedback = v.feedback
-        m.pending_work = pending_work(m)
+        _close_version(m, "passed")
+        del m.workspace[:]
+        m.workspace.extend(m.artifacts)
         if m.current_task + 1 < len(m.tasks):
             _start_task(m, m.current_task + 1, step)
         else:
             finish(m, S.MISSION_STATUS_COMPLETED, step,
-                    f"all {len(m.tasks)} task(s) passed")
+                    f"all {len(m.tasks)} task(s) passed; the workspace holds {len(m.workspace)} file(s)")
+        m.pending_work = pending_work(m)
         return
     _failed_attempt(m, v.feedback or "QA rejected the artifact", policy, step)
 
@@ -290,11 +365,14 @@ def _on_verdict(m: mission_pb2.Mission, r: agent_pb2.AgentResult, policy: Policy
 def _failed_attempt(m: mission_pb2.Mission, feedback: str, policy: Policy, step: Step) -> None:
     task = m.tasks[m.current_task]
     task.last_feedback = feedback
+    _close_version(m, "rejected")
     if task.attempts <= policy.max_retries:
         m.retries += 1
-        step.event("task.retry", f"retry {task.attempts}/{policy.max_retries} of “{task.title}” with QA feedback",
+        step.event("task.retry", f"retry {task.attempts}/{policy.max_retries} of “{task.title}” with the feedback, "
+                   "from the workspace as it was before the task",
                    level="warning", task_id=task.task_id, retries=m.retries)
         _start_task(m, m.current_task, step)
+        _over_bound(m, policy, step)
     else:
         task.status = S.TASK_STATUS_FAILED
         task.finished_at.CopyFrom(now())
@@ -342,6 +420,8 @@ def on_control(m: mission_pb2.Mission, action: int, by: str, reason: str, policy
         m.paused_from = S.MISSION_STATUS_UNSPECIFIED
         step.event("mission.resumed", f"resumed by {who}", by=who)
         if was_backpressure:
+            m.pending_work_accepted = pending_work(m)
+        if was_backpressure and not m.awaiting:
             _after_plan(m, target, step)
         else:
             _set_status(m, target, step, f"resumed by {who}")
@@ -386,15 +466,18 @@ def next_work(m: mission_pb2.Mission, sandbox: SandboxDefaults) -> tuple[str, ob
     if kind == KIND_ENGINEER:
         msg = agent_pb2.AgentTask(
             task_id=m.awaiting, mission_id=m.mission_id, role=common_pb2.ROLE_ENGINEER, attempt=task.attempts,
-            goal=m.goal, task=task, model=m.model, created_at=created,
+            goal=m.goal, task=task, model=m.model, created_at=created, task_number=m.current_task + 1,
             feedback=task.last_feedback if task.attempts > 1 else "")
         msg.plan.extend(m.tasks)
+        msg.workspace.extend(m.workspace)
         if task.attempts > 1:
-            msg.previous_files.extend(m.artifacts)
+            # The retry starts from the workspace before the task; what the last attempt changed
+            # is shown so that it can be improved on rather than rewritten blind.
+            msg.previous_files.extend(workspace.changes(m.workspace, m.artifacts)[0])
         return topology.task_subject("engineer"), msg
     if kind == KIND_SANDBOX:
         return topology.SANDBOX_RUNS, sandbox_pb2.SandboxRun(
-            run_id=m.awaiting, mission_id=m.mission_id, task_id=task.task_id, files=m.artifacts,
+            run_id=m.awaiting, mission_id=m.mission_id, task_id=task.task_id, files=m.artifacts,  # the whole candidate workspace
             command=m.artifact_command, created_at=created,
             limits=sandbox_pb2.SandboxLimits(timeout_seconds=sandbox.timeout_seconds, memory_mb=sandbox.memory_mb,
                                              cpu_seconds=sandbox.cpu_seconds,
@@ -403,5 +486,6 @@ def next_work(m: mission_pb2.Mission, sandbox: SandboxDefaults) -> tuple[str, ob
         return topology.task_subject("qa"), agent_pb2.AgentTask(
             task_id=m.awaiting, mission_id=m.mission_id, role=common_pb2.ROLE_QA, attempt=task.attempts,
             goal=m.goal, task=task, artifact_files=m.artifacts, artifact_command=m.artifact_command,
-            sandbox_result=m.last_sandbox_result, model=m.model, created_at=created)
+            sandbox_result=m.last_sandbox_result, model=m.model, created_at=created,
+            workspace=m.workspace, task_number=m.current_task + 1)
     return None

@@ -17,7 +17,12 @@ class OrchestratorSettings(CommonSettings):
     api_token_file: Path | None = Field(None, description="file holding the token (default <data_dir>/api-token)")
     max_retries: int = Field(2, ge=0, le=10, description="engineer retries per task after a failed QA verdict")
     require_approval: bool = Field(False, description="default of the approval gate after planning")
-    max_pending_work: int = Field(8, ge=1, description="backpressure: a mission with more pending work is hard-paused")
+    max_pending_work: int = Field(
+        12, ge=1, description="backpressure: a mission with more pending work items (3 per queued task: engineer, "
+        "sandbox run, QA; the rest of the task in progress) is hard-paused until resumed")
+    workspace_max_files: int = Field(200, ge=1, description="files a mission's workspace may hold")
+    workspace_max_bytes: int = Field(256_000, ge=1, description="bytes a mission's workspace may hold")
+    workspace_max_file_bytes: int = Field(128_000, ge=1, description="bytes of one workspace file")
     max_live_missions: int = Field(200, ge=1, description="admission: more live missions are refused (429)")
     default_budget_usd: float = Field(1.0, gt=0)
     budget_on_exceeded: str = Field("fail", pattern="^(fail|pause)$",

@@ -41,6 +41,8 @@ class _ErrorKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorKind.V
     """The budget service refused the reservation."""
     ERROR_KIND_INTERNAL: _ErrorKind.ValueType  # 5
     """A bug or an unexpected condition in the agent."""
+    ERROR_KIND_REFUSED: _ErrorKind.ValueType  # 6
+    """The model refused to answer (message.refusal); error holds its text, scrubbed. Final."""
 
 class ErrorKind(_ErrorKind, metaclass=_ErrorKindEnumTypeWrapper):
     """Why an agent task failed."""
@@ -57,6 +59,8 @@ ERROR_KIND_BUDGET_EXCEEDED: ErrorKind.ValueType  # 4
 """The budget service refused the reservation."""
 ERROR_KIND_INTERNAL: ErrorKind.ValueType  # 5
 """A bug or an unexpected condition in the agent."""
+ERROR_KIND_REFUSED: ErrorKind.ValueType  # 6
+"""The model refused to answer (message.refusal); error holds its text, scrubbed. Final."""
 Global___ErrorKind: _TypeAlias = ErrorKind  # noqa: Y015
 
 @_typing.final
@@ -80,6 +84,8 @@ class AgentTask(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     PLAN_FIELD_NUMBER: _builtins.int
     PREVIOUS_FILES_FIELD_NUMBER: _builtins.int
+    WORKSPACE_FIELD_NUMBER: _builtins.int
+    TASK_NUMBER_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """Unique per attempt; idempotency key and Nats-Msg-Id."""
     mission_id: _builtins.str
@@ -94,6 +100,8 @@ class AgentTask(_message.Message):
     """Model override (empty: the agent's default)."""
     max_output_tokens: _builtins.int
     """Completion token cap for the call (0: the agent's default)."""
+    task_number: _builtins.int
+    """1-based position of the task in the plan (ENGINEER, QA)."""
     @_builtins.property
     def task(self) -> _mission_pb2.PlannedTask:
         """The planned task (ENGINEER, QA); unset for COO planning."""
@@ -118,6 +126,12 @@ class AgentTask(_message.Message):
     def previous_files(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.File]:
         """ENGINEER retry: the previous attempt's files, to improve on."""
 
+    @_builtins.property
+    def workspace(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.File]:
+        """ENGINEER: the mission's workspace the task starts from (every earlier task's files).
+        QA: the workspace before the task, so that the change (artifact_files minus this) is known.
+        """
+
     def __init__(
         self,
         *,
@@ -136,10 +150,12 @@ class AgentTask(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         plan: _abc.Iterable[_mission_pb2.PlannedTask] | None = ...,
         previous_files: _abc.Iterable[_common_pb2.File] | None = ...,
+        workspace: _abc.Iterable[_common_pb2.File] | None = ...,
+        task_number: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "sandbox_result", b"sandbox_result", "task", b"task"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_command", b"artifact_command", "artifact_files", b"artifact_files", "attempt", b"attempt", "created_at", b"created_at", "feedback", b"feedback", "goal", b"goal", "max_output_tokens", b"max_output_tokens", "mission_id", b"mission_id", "model", b"model", "plan", b"plan", "previous_files", b"previous_files", "role", b"role", "sandbox_result", b"sandbox_result", "task", b"task", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_command", b"artifact_command", "artifact_files", b"artifact_files", "attempt", b"attempt", "created_at", b"created_at", "feedback", b"feedback", "goal", b"goal", "max_output_tokens", b"max_output_tokens", "mission_id", b"mission_id", "model", b"model", "plan", b"plan", "previous_files", b"previous_files", "role", b"role", "sandbox_result", b"sandbox_result", "task", b"task", "task_id", b"task_id", "task_number", b"task_number", "workspace", b"workspace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -196,6 +212,9 @@ class AgentResult(_message.Message):
     DURATION_SECONDS_FIELD_NUMBER: _builtins.int
     FINISHED_AT_FIELD_NUMBER: _builtins.int
     WORKER_FIELD_NUMBER: _builtins.int
+    DELETED_FILES_FIELD_NUMBER: _builtins.int
+    USAGE_ESTIMATED_FIELD_NUMBER: _builtins.int
+    STRUCTURED_OUTPUT_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """The AgentTask's task_id."""
     mission_id: _builtins.str
@@ -210,6 +229,10 @@ class AgentResult(_message.Message):
     duration_seconds: _builtins.float
     worker: _builtins.str
     """Which agent instance handled the task (host/pid), for debugging."""
+    usage_estimated: _builtins.bool
+    """Some LLM call reported no usage: the cost settled was the reservation's estimate."""
+    structured_output: _builtins.str
+    """How the structured answer was asked for: "json_schema", "json_object" or "prompt"."""
     @_builtins.property
     def plan(self) -> _containers.RepeatedCompositeFieldContainer[_mission_pb2.PlannedTask]:
         """COO: the plan."""
@@ -230,6 +253,12 @@ class AgentResult(_message.Message):
 
     @_builtins.property
     def finished_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def deleted_files(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """ENGINEER: files the attempt deletes from the workspace (artifact_files are the files it
+        adds or changes).
+        """
+
     def __init__(
         self,
         *,
@@ -249,10 +278,13 @@ class AgentResult(_message.Message):
         duration_seconds: _builtins.float = ...,
         finished_at: _timestamp_pb2.Timestamp | None = ...,
         worker: _builtins.str = ...,
+        deleted_files: _abc.Iterable[_builtins.str] | None = ...,
+        usage_estimated: _builtins.bool = ...,
+        structured_output: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["finished_at", b"finished_at", "usage", b"usage", "verdict", b"verdict"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_command", b"artifact_command", "artifact_files", b"artifact_files", "attempt", b"attempt", "duration_seconds", b"duration_seconds", "error", b"error", "error_kind", b"error_kind", "finished_at", b"finished_at", "mission_id", b"mission_id", "model", b"model", "ok", b"ok", "plan", b"plan", "role", b"role", "task_id", b"task_id", "usage", b"usage", "verdict", b"verdict", "worker", b"worker"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_command", b"artifact_command", "artifact_files", b"artifact_files", "attempt", b"attempt", "deleted_files", b"deleted_files", "duration_seconds", b"duration_seconds", "error", b"error", "error_kind", b"error_kind", "finished_at", b"finished_at", "mission_id", b"mission_id", "model", b"model", "ok", b"ok", "plan", b"plan", "role", b"role", "structured_output", b"structured_output", "task_id", b"task_id", "usage", b"usage", "usage_estimated", b"usage_estimated", "verdict", b"verdict", "worker", b"worker"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

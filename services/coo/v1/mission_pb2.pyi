@@ -218,6 +218,10 @@ class Mission(_message.Message):
     PARKED_TYPE_FIELD_NUMBER: _builtins.int
     TRACE_ID_FIELD_NUMBER: _builtins.int
     DISPATCH_GENERATION_FIELD_NUMBER: _builtins.int
+    WORKSPACE_FIELD_NUMBER: _builtins.int
+    WORKSPACE_VERSIONS_FIELD_NUMBER: _builtins.int
+    PENDING_WORK_ACCEPTED_FIELD_NUMBER: _builtins.int
+    COST_ESTIMATED_FIELD_NUMBER: _builtins.int
     mission_id: _builtins.str
     goal: _builtins.str
     """The user's goal, verbatim."""
@@ -263,6 +267,12 @@ class Mission(_message.Message):
     """Bumped when outstanding work must be dispatched again under a fresh id (e.g. resumed
     after a budget pause), so bus dedup does not swallow the new dispatch.
     """
+    pending_work_accepted: _builtins.int
+    """Backpressure: the pending work an operator accepted by resuming a backpressure pause; the
+    mission pauses again only when its pending work grows past this (or the bound, if larger).
+    """
+    cost_estimated: _builtins.bool
+    """Some LLM call of the mission reported no usage: its cost was settled on an estimate."""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -301,6 +311,18 @@ class Mission(_message.Message):
 
     @_builtins.property
     def approved_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def workspace(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.File]:
+        """The mission's workspace: every file its passed tasks have produced, as it stands before the
+        current task (a retried attempt starts from it again). artifacts is the current attempt's
+        candidate (this workspace plus the attempt's changes), which the sandbox runs and QA judges;
+        it becomes the workspace when the task passes. The mission's result is the final workspace.
+        """
+
+    @_builtins.property
+    def workspace_versions(self) -> _containers.RepeatedCompositeFieldContainer[Global___WorkspaceVersion]:
+        """One entry per engineer attempt: what it changed (names only; contents stay in the workspace)."""
+
     def __init__(
         self,
         *,
@@ -337,11 +359,65 @@ class Mission(_message.Message):
         parked_type: _builtins.str = ...,
         trace_id: _builtins.str = ...,
         dispatch_generation: _builtins.int = ...,
+        workspace: _abc.Iterable[_common_pb2.File] | None = ...,
+        workspace_versions: _abc.Iterable[Global___WorkspaceVersion] | None = ...,
+        pending_work_accepted: _builtins.int = ...,
+        cost_estimated: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["approved_at", b"approved_at", "created_at", b"created_at", "finished_at", b"finished_at", "last_sandbox_result", b"last_sandbox_result", "updated_at", b"updated_at", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["approved_at", b"approved_at", "approved_by", b"approved_by", "artifact_command", b"artifact_command", "artifacts", b"artifacts", "awaiting", b"awaiting", "awaiting_kind", b"awaiting_kind", "budget_tokens", b"budget_tokens", "budget_usd", b"budget_usd", "created_at", b"created_at", "current_task", b"current_task", "dispatch_generation", b"dispatch_generation", "error", b"error", "finished_at", b"finished_at", "goal", b"goal", "labels", b"labels", "last_sandbox_result", b"last_sandbox_result", "max_retries", b"max_retries", "mission_id", b"mission_id", "model", b"model", "parked_result", b"parked_result", "parked_type", b"parked_type", "paused_from", b"paused_from", "pending_work", b"pending_work", "require_approval", b"require_approval", "retries", b"retries", "status", b"status", "status_reason", b"status_reason", "submitted_by", b"submitted_by", "tasks", b"tasks", "trace_context", b"trace_context", "trace_id", b"trace_id", "updated_at", b"updated_at", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approved_at", b"approved_at", "approved_by", b"approved_by", "artifact_command", b"artifact_command", "artifacts", b"artifacts", "awaiting", b"awaiting", "awaiting_kind", b"awaiting_kind", "budget_tokens", b"budget_tokens", "budget_usd", b"budget_usd", "cost_estimated", b"cost_estimated", "created_at", b"created_at", "current_task", b"current_task", "dispatch_generation", b"dispatch_generation", "error", b"error", "finished_at", b"finished_at", "goal", b"goal", "labels", b"labels", "last_sandbox_result", b"last_sandbox_result", "max_retries", b"max_retries", "mission_id", b"mission_id", "model", b"model", "parked_result", b"parked_result", "parked_type", b"parked_type", "paused_from", b"paused_from", "pending_work", b"pending_work", "pending_work_accepted", b"pending_work_accepted", "require_approval", b"require_approval", "retries", b"retries", "status", b"status", "status_reason", b"status_reason", "submitted_by", b"submitted_by", "tasks", b"tasks", "trace_context", b"trace_context", "trace_id", b"trace_id", "updated_at", b"updated_at", "usage", b"usage", "workspace", b"workspace", "workspace_versions", b"workspace_versions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Mission: _TypeAlias = Mission  # noqa: Y015
+
+@_typing.final
+class WorkspaceVersion(_message.Message):
+    """One engineer attempt's change to the workspace."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    CHANGED_FIELD_NUMBER: _builtins.int
+    DELETED_FIELD_NUMBER: _builtins.int
+    FILES_FIELD_NUMBER: _builtins.int
+    BYTES_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    task_id: _builtins.str
+    """The planned task's id (mission_id.tN) and the attempt (1, 2, ...)."""
+    attempt: _builtins.int
+    files: _builtins.int
+    """Size of the candidate workspace after the change."""
+    bytes: _builtins.int
+    outcome: _builtins.str
+    """"candidate" while judged, then "passed" (it became the workspace) or "rejected"."""
+    @_builtins.property
+    def changed(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Files the attempt added or changed, and files it deleted."""
+
+    @_builtins.property
+    def deleted(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        task_id: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+        changed: _abc.Iterable[_builtins.str] | None = ...,
+        deleted: _abc.Iterable[_builtins.str] | None = ...,
+        files: _builtins.int = ...,
+        bytes: _builtins.int = ...,
+        outcome: _builtins.str = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "attempt", b"attempt", "bytes", b"bytes", "changed", b"changed", "deleted", b"deleted", "files", b"files", "outcome", b"outcome", "task_id", b"task_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WorkspaceVersion: _TypeAlias = WorkspaceVersion  # noqa: Y015
