@@ -16,6 +16,7 @@ from rich.tree import Tree
 
 from coo.cli import audit as audit_log
 from coo.cli.client import Api
+from coo.cli.links import trace_ui_url
 from coo.cli.main import CliError, console, emit_json
 from coo.cli.mission_cmds import FINAL, _mission_id_arg, jaeger_url
 from coo.cli.sources import jaeger_trace
@@ -221,11 +222,13 @@ def trace(ref: str = typer.Argument(..., metavar="ID", help="A mission id, or a 
     spans = span_views(data)
     if json_out:
         emit_json({"trace_id": trace_id, "mission_id": mission_id, "jaeger_url": jaeger_url(trace_id),
-                   "span_count": len(spans), "services": sorted({s["service"] for s in spans}),
+                   "trace_ui_url": trace_ui_url(trace_id), "span_count": len(spans), "services": sorted({s["service"] for s in spans}),
                    "errors": sum(1 for s in spans if s["error"]), "spans": spans})
         return
     console.print(span_tree(trace_id, spans))
     console.print(f"Jaeger: {jaeger_url(trace_id)}")
+    if ui := trace_ui_url(trace_id):
+        console.print(f"trace UI: {ui}")
 
 
 # ------------------------------------------------------------------------------------------- audit

