@@ -6,6 +6,8 @@ Each service subclasses :class:`CommonSettings` with its own prefix-free fields 
 
 from __future__ import annotations
 
+import ipaddress
+import os
 from pathlib import Path
 
 from pydantic import Field, SecretStr, model_validator
@@ -50,3 +52,25 @@ class CommonSettings(BaseSettings):
 
     def disabled_event_types(self) -> frozenset[str]:
         return frozenset(t.strip() for t in self.disabled_events.split(",") if t.strip())
+
+
+#: The address a service's HTTP port (health, readiness, metrics, API) binds when nothing is set.
+DEFAULT_HOST = "127.0.0.1"
+
+
+def service_host(name: str) -> str:
+    """The address service ``name`` binds its HTTP port to: ``COO_<NAME>_HOST`` (e.g.
+    ``COO_AGENT_HOST=0.0.0.0`` in a container, where loopback cannot be scraped), else loopback.
+
+    The one setting every service reads the same way (orchestrator, agent, budget, sandbox and
+    mockllm): an IP address or a host name, never empty."""
+    var = f"COO_{name.upper()}_HOST"
+    value = os.environ.get(var, "").strip()
+    if not value:
+        return DEFAULT_HOST
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        if not all(part and part.replace("-", "").isalnum() for part in value.split(".")):
+            raise ValueError(f"{var}={value!r} is neither an IP address nor a host name") from None
+    return value

@@ -23,7 +23,7 @@ from prometheus_client.exposition import choose_encoder
 from starlette.requests import Request
 
 from coo.common.bus import Bus
-from coo.common.config import CommonSettings
+from coo.common.config import CommonSettings, service_host
 from coo.common.telemetry import Telemetry, get_logger, setup_telemetry
 
 log = get_logger("coo.service")
@@ -105,8 +105,11 @@ async def connect_bus(name: str, settings: CommonSettings, stop: asyncio.Event) 
 
 async def serve_service(name: str, port: int, settings: CommonSettings,
                         start: Callable[[ServiceContext], Awaitable[None]], *,
-                        app: FastAPI | None = None, host: str = "127.0.0.1",
+                        app: FastAPI | None = None, host: str | None = None,
                         stop: asyncio.Event | None = None, install_signals: bool = True) -> None:
+    """Serve service ``name``: its HTTP port on ``host`` (default: :func:`service_host`, i.e.
+    ``COO_<NAME>_HOST``, else loopback), the bus, and ``start``; until SIGTERM/SIGINT or ``stop``."""
+    host = host or service_host(name)
     telemetry = setup_telemetry(name)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -137,7 +140,7 @@ async def serve_service(name: str, port: int, settings: CommonSettings,
             ctx = ServiceContext(name, settings, bus, app, telemetry, stop, checks)
             await start(ctx)
             started.set()
-            log.info("service started", port=port, nats_url=settings.nats_url)
+            log.info("service started", host=host, port=port, nats_url=settings.nats_url)
             await stop.wait()
     finally:
         log.info("service stopping: no new work; finishing in-flight messages", service=name)

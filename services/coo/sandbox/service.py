@@ -13,13 +13,20 @@ import time
 
 from nats.js.errors import InvalidKeyError, KeyNotFoundError, KeyWrongLastSequenceError
 from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
 
 from coo.common import metrics, topology
 from coo.common.bus import Bus, Delivery, InvalidMessage, Retry
 from coo.common.service import ServiceContext, run
 from coo.common.telemetry import get_logger, trace_exemplar
-from coo.sandbox.backends import choose_backend
-from coo.sandbox.backends.base import InvalidArtifact, RunSpec, validate_spec
+from coo.sandbox.backends import select_backend
+from coo.sandbox.backends.base import (
+    InvalidArtifact,
+    RunOutcome,
+    RunSpec,
+    error_outcome,
+    validate_spec,
+)
 from coo.sandbox.settings import SandboxSettings
 from coo.v1 import sandbox_pb2
 
@@ -57,11 +64,12 @@ class SandboxService:
     def __init__(self, bus: Bus, settings: SandboxSettings) -> None:
         self.bus = bus
         self.settings = settings
-        self.backend = choose_backend(settings.sandbox_backend)
+        self.backend, self.backend_reason = select_backend(settings.sandbox_backend)
         self.kv = None
         self.executions = 0  # runs this replica actually executed (tests read it from the log)
 
     async def start(self) -> None:
+        log.info("sandbox backend chosen", backend=self.backend.name, reason=self.backend_reason)
         ok, why = self.backend.available()
         if not ok:
             log.error("sandbox backend unavailable; runs will fail with outcome error", backend=self.backend.name,
@@ -145,6 +153,7 @@ class SandboxService:
             result = self._result(run_msg, None)
             result.outcome = sandbox_pb2.SANDBOX_OUTCOME_ERROR
             result.error = f"invalid run request: {exc}"
+            log.warning("sandbox run refused", run_id=key, outcome="error", error=result.error)
             await self._store_and_publish(key, result, None)
             return
 
@@ -158,15 +167,25 @@ class SandboxService:
                 "coo.sandbox.files": len(spec.files)}) as span:
             heartbeat = asyncio.create_task(_heartbeat(delivery))
             try:
-                outcome = await self.backend.run(spec)
+                outcome = await self._run(spec)
             finally:
                 heartbeat.cancel()
             self.executions += 1
-            log.info("sandbox run executed", run_id=key, outcome=outcome.outcome, exit_code=outcome.exit_code,
-                     duration_seconds=round(outcome.duration_seconds, 3), backend=outcome.backend)
+            fields = {"run_id": key, "outcome": outcome.outcome, "exit_code": outcome.exit_code,
+                      "duration_seconds": round(outcome.duration_seconds, 3), "backend": outcome.backend}
             span.set_attribute("coo.sandbox.outcome", outcome.outcome)
             if outcome.exit_code is not None:
                 span.set_attribute("process.exit.code", outcome.exit_code)
+            if outcome.outcome == "error":
+                # The run could not happen at all (not the artifact's fault): the cause goes to the
+                # result (and so to the mission), the log line and the span status alike.
+                error = outcome.error or f"the {outcome.backend} backend gave no reason"
+                outcome.error = error
+                log.warning("sandbox run could not run", error=error, **fields)
+                span.set_attribute("error.type", "sandbox_" + outcome.backend)
+                span.set_status(Status(StatusCode.ERROR, error))
+            else:
+                log.info("sandbox run executed", **({"error": outcome.error} if outcome.error else {}), **fields)
             result = running
             result.outcome = _OUTCOMES.get(outcome.outcome, sandbox_pb2.SANDBOX_OUTCOME_ERROR)
             result.exit_code = outcome.exit_code if outcome.exit_code is not None else -1
@@ -178,6 +197,16 @@ class SandboxService:
             metrics.SANDBOX_RUNS.labels(outcome.outcome, outcome.backend).inc()
             metrics.SANDBOX_SECONDS.labels(outcome.backend).observe(outcome.duration_seconds, trace_exemplar())
             await self._store_and_publish(key, result, revision)
+
+    async def _run(self, spec: RunSpec) -> RunOutcome:
+        """The backend's outcome; a backend that raises (it should not) still gives a result with the cause."""
+        started = time.monotonic()
+        try:
+            return await self.backend.run(spec)
+        except Exception as exc:
+            log.exception("sandbox backend raised", backend=self.backend.name, run_id=spec.run_id)
+            return error_outcome(self.backend.name, f"the {self.backend.name} backend failed: "
+                                 f"{type(exc).__name__}: {exc}", time.monotonic() - started)
 
     def _result(self, run_msg: sandbox_pb2.SandboxRun, spec: RunSpec | None) -> sandbox_pb2.SandboxResult:
         r = sandbox_pb2.SandboxResult(run_id=run_msg.run_id, mission_id=run_msg.mission_id, task_id=run_msg.task_id,
@@ -217,7 +246,9 @@ async def start(ctx: ServiceContext) -> None:
     await svc.start()
 
     async def backend_check() -> tuple[bool, str]:
-        return svc.backend.available()
+        # what `coo health` shows for the sandbox: the backend in use, why it was chosen, and whether it works
+        ok, why = await asyncio.to_thread(svc.backend.available)
+        return ok, f"{svc.backend.name} ({svc.backend_reason}): {why}"
 
     ctx.checks["backend"] = backend_check
 

@@ -29,6 +29,7 @@ __all__ = [
     "build_archive",
     "choose_backend",
     "container_config",
+    "select_backend",
     "validate_file_name",
     "validate_spec",
 ]
@@ -44,14 +45,21 @@ def choose_backend(preference: str = "auto") -> SandboxBackend:
     backend is returned even when unavailable: its runs then come back with
     outcome ``"error"`` and the reason, and ``available()`` says why.
     """
+    return select_backend(preference)[0]
+
+
+def select_backend(preference: str = "auto") -> tuple[SandboxBackend, str]:
+    """:func:`choose_backend` and why that backend: the sandbox service logs it at start and its
+    readiness check (``coo health``) shows it."""
     pref = (preference or "auto").strip().lower()
     if pref in ("bwrap", "bubblewrap"):
-        return BubblewrapBackend()
+        return BubblewrapBackend(), "COO_SANDBOX_BACKEND=bubblewrap"
     if pref == "docker":
-        return DockerBackend()
+        return DockerBackend(), "COO_SANDBOX_BACKEND=docker"
     if pref != "auto":
         raise ValueError(f"unknown sandbox backend {preference!r}; use one of {PREFERENCES}")
     docker_backend = DockerBackend()
-    if docker_backend.available()[0]:
-        return docker_backend
-    return BubblewrapBackend()
+    ok, why = docker_backend.available()
+    if ok:
+        return docker_backend, f"COO_SANDBOX_BACKEND=auto and {why}"
+    return BubblewrapBackend(), f"COO_SANDBOX_BACKEND=auto and Docker not usable ({why})"

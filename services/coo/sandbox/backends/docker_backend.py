@@ -124,6 +124,15 @@ def build_archive(files: dict[str, str]) -> bytes:
     return buf.getvalue()
 
 
+def _cause(exc: BaseException) -> str:
+    """What went wrong, in the engine's words where it gave some (``APIError.explanation``)."""
+    explanation = getattr(exc, "explanation", None)
+    if isinstance(explanation, bytes):
+        explanation = explanation.decode("utf-8", errors="replace")
+    text = str(explanation or exc).strip()
+    return text or type(exc).__name__
+
+
 class DockerBackend:
     name = NAME
 
@@ -169,7 +178,7 @@ class DockerBackend:
             # Attach streams read with the client timeout: keep it above the deadline.
             client = await asyncio.to_thread(self._client, spec.timeout_seconds + 60)
         except Exception as exc:
-            return error_outcome(NAME, f"no Docker engine answers: {exc}")
+            return error_outcome(NAME, f"no Docker engine answers: {_cause(exc)}")
         container = None
         started = time.monotonic()
         try:
@@ -188,7 +197,10 @@ class DockerBackend:
                 started = time.monotonic()
                 await asyncio.to_thread(container.start)
             except Exception as exc:
-                return error_outcome(NAME, f"cannot start the container: {exc}")
+                # the engine's own words (e.g. "unable to find user sandbox: no matching entries
+                # in passwd file"): they travel to the result, the mission, the log line and the span
+                return error_outcome(
+                    NAME, f"cannot start the container (image {self.image}, user {self.user}): {_cause(exc)}")
             return await self._supervise(spec, container, stream, started)
         finally:
             if container is not None:
