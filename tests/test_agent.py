@@ -85,14 +85,24 @@ class Scripted:
             if isinstance(step, int):
                 return JSONResponse({"error": {"message": f"scripted {step}", "type": "server_error",
                                                "param": None, "code": None}}, status_code=step)
-            return JSONResponse({
+            if isinstance(step, str):
+                step = {"content": step}
+            if "status" in step:  # an HTTP error with the provider's own message
+                return JSONResponse({"error": {"message": step["message"], "type": "invalid_request_error",
+                                               "param": step.get("param"), "code": None}},
+                                    status_code=step["status"], headers=step.get("headers"))
+            answer = {
                 "id": "chatcmpl-scripted", "object": "chat.completion", "created": int(time.time()),
                 "model": body["model"],
-                "choices": [{"index": 0, "finish_reason": "stop",
-                             "message": {"role": "assistant", "content": step}}],
+                "choices": [{"index": 0, "finish_reason": step.get("finish_reason", "stop"),
+                             "message": {"role": "assistant", "content": step.get("content"),
+                                         "refusal": step.get("refusal")}}],
                 "usage": {"prompt_tokens": 100 + len(self.requests), "completion_tokens": 7,
                           "total_tokens": 107 + len(self.requests)},
-            })
+            }
+            if step.get("no_usage"):
+                del answer["usage"]
+            return JSONResponse(answer)
 
 
 @pytest.fixture(scope="module")

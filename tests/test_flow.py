@@ -148,3 +148,179 @@ def test_budget_refusal_fails_or_pauses():
     assert step.dispatch and m.status == S.MISSION_STATUS_PLANNING
     # the refused work goes out again under a new id, so bus dedup does not swallow it
     assert flow.next_work(m, flow.SandboxDefaults())[1].task_id == "m-1.plan.g1"
+
+
+# ------------------------------------------------------------------- the shared workspace
+
+def _files(m, files, deleted=(), command=("python3", "-m", "unittest")):
+    return agent_pb2.AgentResult(task_id=m.awaiting, mission_id=m.mission_id, role=common_pb2.ROLE_ENGINEER, ok=True,
+                                 artifact_files=[common_pb2.File(name=n, content=c) for n, c in files.items()],
+                                 deleted_files=list(deleted), artifact_command=list(command), model="eng-model")
+
+
+def _green(m, stderr="Ran 3 tests in 0.001s\n\nOK\n"):
+    return sandbox_pb2.SandboxResult(run_id=m.awaiting, mission_id=m.mission_id, outcome=sandbox_pb2.SANDBOX_OUTCOME_OK,
+                                     exit_code=0, stderr=stderr)
+
+
+def _red(m):
+    return sandbox_pb2.SandboxResult(run_id=m.awaiting, mission_id=m.mission_id,
+                                     outcome=sandbox_pb2.SANDBOX_OUTCOME_FAILED, exit_code=1,
+                                     stderr="FAIL: test_pop (test_stack.T)\nAssertionError: 1 != 2\n"
+                                            "Ran 2 tests in 0.001s\n\nFAILED (failures=1)\n")
+
+
+def _qa(m, passed, model="qa-model"):
+    r = _verdict(m, passed)
+    r.model = model
+    return r
+
+
+def _names(files):
+    return [f.name for f in files]
+
+
+def _pass_task(m, files, deleted=()):
+    flow.on_agent_result(m, _files(m, files, deleted), BIG)
+    flow.on_sandbox_result(m, _green(m), BIG)
+    return flow.on_agent_result(m, _qa(m, True), BIG)
+
+
+BIG = flow.Policy(max_retries=1, max_pending_work=100)
+
+
+def test_later_tasks_see_and_build_on_the_workspace_of_earlier_ones():
+    m = _mission()
+    flow.on_agent_result(m, _plan(m, titles=("stack", "rpn")), BIG)
+    assert len(flow.next_work(m, flow.SandboxDefaults())[1].workspace) == 0
+    _pass_task(m, {"stack.py": "class Stack: ...", "test_stack.py": "t1"})
+    assert _names(m.workspace) == ["stack.py", "test_stack.py"]
+    task2 = flow.next_work(m, flow.SandboxDefaults())[1]
+    assert task2.task_number == 2 and _names(task2.workspace) == ["stack.py", "test_stack.py"]
+    assert [t.status for t in task2.plan] == [S.TASK_STATUS_PASSED, S.TASK_STATUS_IN_PROGRESS]
+    flow.on_agent_result(m, _files(m, {"rpn.py": "from stack import Stack", "test_rpn.py": "t2"},
+                                   deleted=["test_stack.py"]), BIG)
+    run = flow.next_work(m, flow.SandboxDefaults())[1]
+    # the sandbox runs the task's command in the whole workspace, not just the task's files
+    assert _names(run.files) == ["rpn.py", "stack.py", "test_rpn.py"]
+    flow.on_sandbox_result(m, _green(m), BIG)
+    qa = flow.next_work(m, flow.SandboxDefaults())[1]
+    assert _names(qa.workspace) == ["stack.py", "test_stack.py"] and _names(qa.artifact_files) == _names(run.files)
+    step = flow.on_agent_result(m, _qa(m, True), BIG)
+    assert m.status == S.MISSION_STATUS_COMPLETED and "3 file(s)" in m.status_reason and step.finished
+    assert _names(m.workspace) == ["rpn.py", "stack.py", "test_rpn.py"]
+    versions = [(v.task_id, v.attempt, list(v.changed), list(v.deleted), v.outcome) for v in m.workspace_versions]
+    assert versions == [("m-1.t0", 1, ["stack.py", "test_stack.py"], [], "passed"),
+                        ("m-1.t1", 1, ["rpn.py", "test_rpn.py"], ["test_stack.py"], "passed")]
+
+
+def test_a_retry_starts_from_the_workspace_before_the_task():
+    m = _mission()
+    flow.on_agent_result(m, _plan(m, titles=("stack", "rpn")), BIG)
+    _pass_task(m, {"stack.py": "v1"})
+    flow.on_agent_result(m, _files(m, {"stack.py": "broken", "rpn.py": "r1"}), BIG)
+    flow.on_sandbox_result(m, _red(m), BIG)
+    step = flow.on_agent_result(m, _qa(m, False), BIG)
+    assert "task.retry" in _types(step)
+    retry = flow.next_work(m, flow.SandboxDefaults())[1]
+    assert retry.attempt == 2 and by_name(retry.workspace) == {"stack.py": "v1"}
+    assert by_name(retry.previous_files) == {"stack.py": "broken", "rpn.py": "r1"}
+    flow.on_agent_result(m, _files(m, {"rpn.py": "r2"}), BIG)
+    assert by_name(m.artifacts) == {"stack.py": "v1", "rpn.py": "r2"}  # the broken stack.py did not survive
+    assert m.workspace_versions[1].outcome == "rejected" and m.workspace_versions[2].outcome == "candidate"
+
+
+def by_name(files):
+    return {f.name: f.content for f in files}
+
+
+def test_qa_can_never_approve_a_red_run():
+    m = _mission()
+    flow.on_agent_result(m, _plan(m), BIG)
+    flow.on_agent_result(m, _files(m, {"stack.py": "x"}), BIG)
+    flow.on_sandbox_result(m, _red(m), BIG)
+    step = flow.on_agent_result(m, _qa(m, True, model="yes-man"), BIG)
+    overruled = [e for e in step.events if e.type == "qa.overruled"]
+    assert overruled and overruled[0].attributes["model"] == "yes-man"
+    assert "exited with code 1" in overruled[0].attributes["reason"]
+    assert m.tasks[0].status == S.TASK_STATUS_IN_PROGRESS and m.tasks[0].attempts == 2 and not m.workspace
+    assert "FAILED (failures=1)" in m.tasks[0].last_feedback  # the run's own output is the feedback
+
+
+def test_a_run_that_ran_no_test_is_not_a_success():
+    from coo.orchestrator import evidence
+
+    m = _mission()
+    flow.on_agent_result(m, _plan(m), BIG)
+    flow.on_agent_result(m, _files(m, {"stack.py": "x"}), BIG)
+    flow.on_sandbox_result(m, _green(m, stderr="\n----------------------------------------------------------------------"
+                                               "\nRan 0 tests in 0.000s\n\nOK\n"), BIG)
+    step = flow.on_agent_result(m, _qa(m, True), BIG)
+    assert "qa.overruled" in _types(step) and "ran no test" in m.tasks[0].last_feedback
+    pytest_none = sandbox_pb2.SandboxResult(outcome=sandbox_pb2.SANDBOX_OUTCOME_FAILED, exit_code=5,
+                                            stdout="collected 0 items\n\n=== no tests ran in 0.01s ===")
+    assert "pytest collected none" in evidence.failure(pytest_none)
+    cause = sandbox_pb2.SandboxResult(outcome=sandbox_pb2.SANDBOX_OUTCOME_ERROR, exit_code=-1,
+                                      error="unable to find user sandbox")
+    assert "unable to find user sandbox" in evidence.failure(cause)
+    assert evidence.failure(sandbox_pb2.SandboxResult(outcome=sandbox_pb2.SANDBOX_OUTCOME_OK, stderr="Ran 2 tests")) \
+        is None
+
+
+def test_qa_may_reject_a_green_run():
+    m = _mission()
+    flow.on_agent_result(m, _plan(m), BIG)
+    flow.on_agent_result(m, _files(m, {"a.py": "x"}), BIG)
+    flow.on_sandbox_result(m, _green(m), BIG)
+    step = flow.on_agent_result(m, _qa(m, False), BIG)
+    assert "task.retry" in _types(step) and "qa.overruled" not in _types(step)
+
+
+def test_a_change_past_the_workspace_limits_is_refused_with_the_reason():
+    small = flow.Policy(max_retries=0, max_pending_work=100,
+                        limits=flow.workspace.WorkspaceLimits(max_files=2, max_bytes=100, max_file_bytes=60))
+    m = _mission()
+    flow.on_agent_result(m, _plan(m), small)
+    step = flow.on_agent_result(m, _files(m, {"a.py": "x" * 61}), small)
+    assert "workspace.refused" in _types(step) and m.status == S.MISSION_STATUS_FAILED
+    assert "61 bytes, more than the limit of 60" in m.error
+    m = _mission()
+    flow.on_agent_result(m, _plan(m), small)
+    flow.on_agent_result(m, _files(m, {"a.py": "1", "b.py": "2", "c.py": "3"}), small)
+    assert "3 files, more than the limit of 2" in m.error
+    m = _mission()
+    flow.on_agent_result(m, _plan(m), small)
+    flow.on_agent_result(m, _files(m, {"../x.py": "1"}), small)
+    assert "path separator" in m.error
+
+
+def test_cost_estimated_is_said_once():
+    m = _mission()
+    flow.on_agent_result(m, _plan(m), BIG)
+    r = _files(m, {"a.py": "x"})
+    r.usage_estimated = True
+    step = flow.on_agent_result(m, r, BIG)
+    assert "cost.estimated" in _types(step) and m.cost_estimated
+
+
+def test_pending_work_counts_work_items_and_retries_can_trip_backpressure():
+    policy = flow.Policy(max_retries=3, max_pending_work=6)
+    m = _mission()
+    assert flow.pending_work(m) == 1
+    flow.on_agent_result(m, _plan(m, titles=("a", "b")), policy)
+    assert m.pending_work == 6 and m.status == S.MISSION_STATUS_EXECUTING
+    flow.on_agent_result(m, _files(m, {"a.py": "x"}), policy)
+    assert flow.pending_work(m) == 5
+    flow.on_sandbox_result(m, _red(m), policy)
+    assert flow.pending_work(m) == 4
+    flow.on_agent_result(m, _qa(m, False), policy)  # a retry puts the task's work back: 6, at the bound
+    assert m.status == S.MISSION_STATUS_EXECUTING and m.pending_work == 6
+    policy.max_pending_work = 5
+    flow.on_agent_result(m, _files(m, {"a.py": "y"}), policy)
+    flow.on_sandbox_result(m, _red(m), policy)
+    step = flow.on_agent_result(m, _qa(m, False), policy)
+    assert m.status == S.MISSION_STATUS_PAUSED and m.status_reason == "backpressure" and not step.dispatch
+    assert "backpressure" in _types(step)
+    step, _, _ = flow.on_control(m, control_pb2.CONTROL_ACTION_RESUME, "ops", "", policy)
+    assert m.status == S.MISSION_STATUS_EXECUTING and step.dispatch and m.pending_work_accepted == 6
+    assert m.awaiting == "m-1.t0.eng.a3"

@@ -25,13 +25,13 @@ def outcome_name(outcome: int) -> str:
 def failure(r: sandbox_pb2.SandboxResult) -> str | None:
     """``None`` when the run is evidence of success, else why it is not (one line)."""
     outcome = outcome_name(r.outcome)
-    if r.outcome != sandbox_pb2.SANDBOX_OUTCOME_OK:
+    if r.outcome not in (sandbox_pb2.SANDBOX_OUTCOME_OK, sandbox_pb2.SANDBOX_OUTCOME_FAILED):
         cause = f": {r.error}" if r.error else ""
         return f"the sandbox run did not succeed (outcome {outcome}, exit code {r.exit_code}){cause}"
     output = f"{r.stdout}\n{r.stderr}"
     if r.exit_code == PYTEST_NO_TESTS_EXIT and _PYTEST_NONE.search(output):
         return "the command ran no test (pytest collected none, exit code 5)"
-    if r.exit_code != 0:
+    if r.exit_code != 0 or r.outcome != sandbox_pb2.SANDBOX_OUTCOME_OK:
         return f"the command exited with code {r.exit_code}"
     if _UNITTEST_NONE.search(output) or _PYTEST_NONE.search(output):
         return "the command ran no test at all (\"Ran 0 tests\"): a check that tests nothing is not a success"
