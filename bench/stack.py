@@ -183,9 +183,10 @@ class Stack:
         return self._metric_sum([self.s.url("sandbox")], "coo_sandbox_run_duration_seconds_sum")
 
     # ------------------------------------------------------------------ missions
-    def run(self, n: int, concurrency: int, *, first: int = 0, timeout: float = 180.0) -> dict:
+    def run(self, n: int, concurrency: int, *, first: int = 0, timeout: float = 180.0, marker: str = "") -> dict:
         """Run ``n`` missions, at most ``concurrency`` at a time; their final views, and the span
-        from the first creation to the last finish (server-side timestamps)."""
+        from the first creation to the last finish (server-side timestamps). ``marker`` is added to
+        every goal (a mock scenario such as ``[mock:slow=2]``)."""
         from tests.harness import GOALS
 
         done: list[dict] = []
@@ -195,7 +196,7 @@ class Stack:
         with self.s.api() as api:
             while len(done) < n:
                 while len(live) < concurrency and next_goal < first + n:
-                    resp = api.post("/v1/missions", json={"goal": GOALS[next_goal % len(GOALS)]})
+                    resp = api.post("/v1/missions", json={"goal": f"{GOALS[next_goal % len(GOALS)]} {marker}".strip()})
                     resp.raise_for_status()
                     live[resp.json()["mission_id"]] = time.monotonic()
                     next_goal += 1

@@ -10,7 +10,8 @@ import time
 
 from coo.agent.ratelimit import Limits, RateLimiter
 from coo.v1 import agent_pb2, common_pb2
-from tests.test_agent import env, make_task, publish, running_agent, scripted, scripted_server  # noqa: F401
+
+from tests.agent_support import make_task, publish, running_agent
 
 PLAN = json.dumps({"tasks": [{"title": "Stack", "description": "stack.py with tests"}]})
 
@@ -49,7 +50,7 @@ async def test_structured_output_steps_down_once_per_mode_and_is_remembered(env,
 
 
 async def test_fixed_mode_never_steps_down(env, scripted):
-    bus, budget, results, nats_url = env
+    bus, _budget, results, nats_url = env
     server, url = scripted
     server.script[:] = [{"status": 400, "message": "This response_format type is unavailable now"}]
     async with running_agent(nats_url, url, llm_max_retries=0, llm_structured_output="json_schema"):
@@ -59,7 +60,7 @@ async def test_fixed_mode_never_steps_down(env, scripted):
 
 
 async def test_max_completion_tokens_by_pattern_and_learnt_from_a_400(env, scripted):
-    bus, budget, results, nats_url = env
+    bus, _budget, results, nats_url = env
     server, url = scripted
     server.script[:] = [
         PLAN,
@@ -118,7 +119,7 @@ async def test_missing_usage_settles_the_estimate_and_says_so(env, scripted):
 
 
 async def test_a_429_holds_calls_for_its_retry_after(env, scripted):
-    bus, budget, results, nats_url = env
+    bus, _budget, results, nats_url = env
     server, url = scripted
     server.script[:] = [{"status": 429, "message": "Rate limit reached", "headers": {"retry-after-ms": "400"}}, PLAN]
     async with running_agent(nats_url, url, llm_max_retries=1):

@@ -77,8 +77,8 @@ def response_format_for(schema_name: str, schema: dict[str, Any]) -> dict[str, A
 
 # ------------------------------------------------------------------- structured output
 STRUCTURED_MODES = ("json_schema", "json_object", "prompt")
-_NAMES_RESPONSE_FORMAT = re.compile(r"response[_ ]format|json[_ ]schema|json[_ ]object|structured output", re.I)
-_WANTS_COMPLETION_TOKENS = re.compile(r"max_completion_tokens", re.I)
+_NAMES_RESPONSE_FORMAT = re.compile(r"response[_ ]format|json[_ ]schema|json[_ ]object|structured output", re.IGNORECASE)
+_WANTS_COMPLETION_TOKENS = re.compile(r"max_completion_tokens", re.IGNORECASE)
 
 
 def schema_instructions(schema_name: str, schema: dict[str, Any]) -> str:

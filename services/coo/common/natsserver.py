@@ -66,6 +66,10 @@ class NatsServer:
         return f"http://{self.host}:{self.monitor_port}"
 
     @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 

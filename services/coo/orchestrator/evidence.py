@@ -11,9 +11,9 @@ import re
 from coo.v1 import sandbox_pb2
 
 # unittest: "Ran 0 tests in 0.000s" (and, from Python 3.12, "NO TESTS RAN" with exit code 5).
-_UNITTEST_NONE = re.compile(r"^Ran 0 tests in |^NO TESTS RAN\b", re.M)
+_UNITTEST_NONE = re.compile(r"^Ran 0 tests in |^NO TESTS RAN\b", re.MULTILINE)
 # pytest: "collected 0 items" / "no tests ran in 0.01s" (exit code 5).
-_PYTEST_NONE = re.compile(r"^collected 0 items\b|^=+ no tests ran\b|\bno tests ran in [\d.]+s", re.M)
+_PYTEST_NONE = re.compile(r"^collected 0 items\b|^=+ no tests ran\b|\bno tests ran in [\d.]+s", re.MULTILINE)
 PYTEST_NO_TESTS_EXIT = 5
 
 
