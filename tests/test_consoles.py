@@ -7,14 +7,14 @@ from __future__ import annotations
 import html.parser
 import json
 import shutil
-import subprocess
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 from coo.common.natsserver import free_port
 from coo.stack import consoles
+
+from tests.procs import serve
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 
@@ -81,26 +81,11 @@ def prometheus(tmp_path_factory):
     (root / "prometheus.yml").write_text(
         "global: {scrape_interval: 1s}\nscrape_configs:\n"
         f"  - job_name: prometheus\n    static_configs: [{{targets: ['127.0.0.1:{port}']}}]\n")
-    with open(root / "prometheus.log", "wb") as log:
-        proc = subprocess.Popen([PROMETHEUS, f"--config.file={root / 'prometheus.yml'}",
-                                 f"--storage.tsdb.path={root / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
-                                 f"--web.console.templates={consoles.CONSOLES_DIR}",
-                                 f"--web.console.libraries={consoles.LIBRARIES_DIR}"], stdout=log, stderr=log)
     base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(base + "/-/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, (root / "prometheus.log").read_text()
-            time.sleep(0.2)
+    with serve([PROMETHEUS, f"--config.file={root / 'prometheus.yml'}", f"--storage.tsdb.path={root / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}", f"--web.console.templates={consoles.CONSOLES_DIR}",
+                f"--web.console.libraries={consoles.LIBRARIES_DIR}"], base + "/-/ready", root / "prometheus.log"):
         yield base
-    finally:
-        proc.terminate()
-        proc.wait(15)
 
 
 def test_prometheus_serves_every_page_and_every_file_it_loads(prometheus):

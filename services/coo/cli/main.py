@@ -63,13 +63,14 @@ def scrub(pii: bool = typer.Option(False, "--pii", help="Also redact e-mail, IPv
 
 def _register_commands() -> None:
     # Imported here so `coo --help` stays fast and each command group lives in its own module.
-    from coo.cli import artifacts_cmd, logs_cmds, mission_cmds, ops_cmds, stack_cmds
+    from coo.cli import alerts_cmds, artifacts_cmd, logs_cmds, mission_cmds, ops_cmds, stack_cmds
 
     stack_cmds.register(app)
     mission_cmds.register(app)
     artifacts_cmd.register(app)
     logs_cmds.register(app)
     ops_cmds.register(app)
+    alerts_cmds.register(app)
 
 
 def print_error(message: str, hint: str = "") -> None:
