@@ -7,9 +7,11 @@ python3, so "passes" and "fails" here are facts, not assumptions.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -40,11 +42,12 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     },
     "engineer_artifact": {
         "type": "object", "additionalProperties": False,
-        "required": ["files", "command", "notes"],
+        "required": ["files", "delete", "command", "notes"],
         "properties": {
             "files": {"type": "array", "items": {
                 "type": "object", "additionalProperties": False, "required": ["name", "content"],
                 "properties": {"name": {"type": "string"}, "content": {"type": "string"}}}},
+            "delete": {"type": "array", "items": {"type": "string"}},
             "command": {"type": "array", "items": {"type": "string"}},
             "notes": {"type": "string"},
         },
@@ -86,11 +89,12 @@ class _ThreadServer(uvicorn.Server):
         pass
 
 
-@pytest.fixture(scope="module")
-def base_url():
+@contextlib.contextmanager
+def serve(scenario: str = ""):
+    """mockllm on a free loopback port in a thread, with COO_MOCKLLM_SCENARIO=``scenario``."""
     port = _free_port()
-    config = uvicorn.Config(create_app(Settings(scenario="")), host="127.0.0.1", port=port,
-                            log_level="warning", access_log=False)
+    config = uvicorn.Config(create_app(Settings(scenario=scenario)), host="127.0.0.1",
+                            port=port, log_level="warning", access_log=False)
     server = _ThreadServer(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -98,9 +102,17 @@ def base_url():
     while not server.started:
         assert time.monotonic() < deadline, "mockllm did not start"
         time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=5)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def base_url():
+    with serve() as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +124,7 @@ def client(base_url):
 
 def ask(client: openai.OpenAI, schema: str, data: dict[str, Any], *,
         model: str = "mock-small", structured: bool = True, **kwargs: Any):
-    messages = [
+    messages: Any = [
         {"role": "system", "content": f"You are the {ROLE_OF[schema]} agent of COO. "
                                       f"role: {ROLE_OF[schema]}"},
         {"role": "user", "content": "Here is your input.\n\n```json\n"
@@ -136,12 +148,17 @@ def run_artifact(artifact: dict[str, Any], tmp: Path) -> dict[str, Any]:
     for f in artifact["files"]:
         assert "/" not in f["name"] and ".." not in f["name"]
         (tmp / f["name"]).write_text(f["content"], encoding="utf-8")
+    for name in artifact.get("delete", []):
+        (tmp / name).unlink()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    # a rewritten module of the same size within the same second would otherwise be imported
+    # from a stale __pycache__ entry when the same directory is run twice
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
     command = list(artifact["command"])
     if command[0] == "python3" and SYSTEM_PYTHON:
         command[0] = SYSTEM_PYTHON  # what the sandbox runs (only /usr is visible there)
     proc = subprocess.run(command, cwd=tmp, capture_output=True, text=True, timeout=60,
-                          env=env)
+                          env=env, check=False)
     return {"outcome": "ok" if proc.returncode == 0 else "failed",
             "exit_code": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr}
 
@@ -172,6 +189,7 @@ def test_plan_engineer_run_qa(client, tmp_path, key):
                            {"goal": goal, "task": task, "attempt": 1, "feedback": None}))
     names = [f["name"] for f in artifact["files"]]
     assert names == [f"{item.module}.py", f"{item.test_module}.py"]
+    assert artifact["delete"] == []
     assert artifact["command"] == ["python3", "-m", "unittest", "-v", item.test_module]
     assert artifact["notes"]
 
@@ -550,3 +568,346 @@ def test_catalog_matching():
     assert roles.judge({"outcome": "ok", "exit_code": 0, "stdout": "",
                         "stderr": "Ran 3 tests in 0.1s\n\nOK\n"}) == (True, "All 3 tests passed.",
                                                                      1.0)
+
+
+# --------------------------------------------------------------------------------------------
+# projects: plans whose later tasks import the earlier tasks' modules
+
+PROJECT_GOALS = {
+    "rpn_calculator": "Build an RPN calculator on top of a stack, with tests",
+    "inventory": "Build an inventory with a stock ledger and a stock report, with tests",
+}
+
+
+def workspace_input(workspace: Path) -> dict[str, Any]:
+    files = sorted(workspace.glob("*.py")) if workspace.exists() else []
+    return {"files": [{"name": f.name, "content": f.read_text()} for f in files],
+            "listing": [{"name": f.name, "bytes": f.stat().st_size} for f in files],
+            "complete": True}
+
+
+def engineer_input(goal: str, tasks: list[dict[str, str]], n: int, workspace: Path, *,
+                   attempt: int = 1, feedback: str | None = None,
+                   previous: list[dict[str, str]] | None = None) -> dict[str, Any]:
+    """The engineer's input as the issue-11 agent sends it (task n, 1-based)."""
+    return {
+        "goal": goal,
+        "plan": [{"title": t["title"], "status": "passed" if i < n - 1 else
+                  "running" if i == n - 1 else "pending"} for i, t in enumerate(tasks)],
+        "task": tasks[n - 1], "task_number": n, "attempt": attempt, "feedback": feedback,
+        "workspace": workspace_input(workspace), "previous_changes": previous or [],
+    }
+
+
+@pytest.mark.parametrize("key", list(PROJECT_GOALS))
+def test_project_mission_in_one_shared_workspace(client, tmp_path, key):
+    goal = PROJECT_GOALS[key]
+    project = catalog.PROJECT_BY_KEY[key]
+    tasks = content(ask(client, "coo_plan", {"goal": goal, "max_tasks": 5}))["tasks"]
+    assert [t["title"] for t in tasks] == [item.title for item in project.items]
+    workspace = tmp_path / "workspace"
+    for n, (task, item) in enumerate(zip(tasks, project.items), start=1):
+        assert f"`{item.module}.py`" in task["description"]
+        for used in item.used_files:  # the description names the earlier files it builds on
+            assert f"`{used}`" in task["description"]
+        before = workspace_input(workspace)["listing"]
+        artifact = content(ask(client, "engineer_artifact",
+                               engineer_input(goal, tasks, n, workspace)))
+        # only this task's own files: never the earlier tasks' files again
+        assert [f["name"] for f in artifact["files"]] == item.file_names
+        assert artifact["delete"] == []
+        if item.uses:
+            assert "Builds on" in artifact["notes"]
+        result = run_artifact(artifact, workspace)
+        assert result["exit_code"] == 0, result["stderr"]
+        verdict = content(ask(client, "qa_verdict", {
+            "goal": goal, "task": task, "files": artifact["files"], "deleted": [],
+            "diff": "".join(f"--- /dev/null\n+++ b/{f['name']}\n" for f in artifact["files"]),
+            "workspace": workspace_input(workspace)["listing"], "command": artifact["command"],
+            "sandbox": result}))
+        assert verdict["passed"] is True, verdict
+        assert len(workspace_input(workspace)["listing"]) == len(before) + 2
+    final = sorted(p.name for p in workspace.glob("*.py"))
+    assert final == sorted(name for item in project.items for name in item.file_names)
+
+
+@pytest.mark.parametrize("key", list(PROJECT_GOALS))
+def test_later_task_passes_only_on_top_of_the_earlier_files(client, tmp_path, key):
+    """Task 1 then task 2 in one directory: task 2's tests pass. Task 2's files alone: they
+    fail with an ImportError, so the mock cannot pass a mission that loses files."""
+    goal = PROJECT_GOALS[key]
+    tasks = content(ask(client, "coo_plan", {"goal": goal, "max_tasks": 5}))["tasks"]
+    shared, alone = tmp_path / "shared", tmp_path / "alone"
+    first = content(ask(client, "engineer_artifact", engineer_input(goal, tasks, 1, shared)))
+    assert run_artifact(first, shared)["exit_code"] == 0
+    second = content(ask(client, "engineer_artifact", engineer_input(goal, tasks, 2, shared)))
+    assert run_artifact(second, shared)["exit_code"] == 0
+
+    lonely = content(ask(client, "engineer_artifact", engineer_input(goal, tasks, 2, alone)))
+    assert lonely["files"] == second["files"]
+    assert "ImportError" in lonely["notes"]  # it says what is missing
+    result = run_artifact(lonely, alone)
+    assert result["exit_code"] != 0
+    missing = catalog.PROJECT_BY_KEY[key].items[0].module
+    assert f"ModuleNotFoundError: No module named '{missing}'" in result["stderr"]
+    verdict = content(ask(client, "qa_verdict", {
+        "goal": goal, "task": tasks[1], "files": lonely["files"], "command": lonely["command"],
+        "workspace": workspace_input(alone)["listing"], "sandbox": result}))
+    assert verdict["passed"] is False
+    assert f"The workspace has no {missing}.py" in verdict["feedback"]
+
+
+@pytest.mark.parametrize("key", [i.key for p in catalog.PROJECTS for i in p.items[1:]])
+def test_project_tasks_flaky_first_version_really_fails(client, tmp_path, key):
+    project = next(p for p in catalog.PROJECTS if catalog.BY_KEY[key] in p.items)
+    item = catalog.BY_KEY[key]
+    goal = PROJECT_GOALS[project.key] + " [mock:flaky]"
+    tasks = content(ask(client, "coo_plan", {"goal": goal, "max_tasks": 5}))["tasks"]
+    n = project.items.index(item) + 1
+    workspace = tmp_path / "ws"
+    for earlier in project.items[: n - 1]:  # the earlier tasks, as they passed
+        run_artifact({"files": [{"name": name, "content": text} for name, text in zip(
+            earlier.file_names, (earlier.source, earlier.tests))],
+            "command": ["python3", "-c", "pass"]}, workspace)
+    first = content(ask(client, "engineer_artifact", engineer_input(goal, tasks, n, workspace)))
+    bad = run_artifact(first, workspace)
+    assert bad["exit_code"] != 0 and "FAILED" in bad["stderr"], bad["stderr"]
+    second = content(ask(client, "engineer_artifact", engineer_input(
+        goal, tasks, n, workspace, attempt=2, feedback="tests failed", previous=first["files"])))
+    assert "Root cause" in second["notes"] and "Revised" in second["notes"]
+    assert run_artifact(second, workspace)["exit_code"] == 0
+
+
+def test_engineer_without_the_new_fields_and_by_task_number(client):
+    goal = PROJECT_GOALS["rpn_calculator"]
+    old_style = content(ask(client, "engineer_artifact", {
+        "goal": goal, "task": {"title": "RPN evaluator"}, "attempt": 1, "feedback": None}))
+    assert [f["name"] for f in old_style["files"]] == ["rpn.py", "test_rpn.py"]
+    assert "Relies on stack.py" in old_style["notes"]
+    # an unknown title: the task's place in the goal's plan decides
+    by_number = content(ask(client, "engineer_artifact", {
+        "goal": goal, "task": {"title": "Front end", "description": "the CLI"},
+        "task_number": 3, "workspace": "not an object", "plan": None}))
+    assert by_number["files"][0]["name"] == "calculator.py"
+
+
+def test_project_matching_and_plan_order():
+    assert [i.key for i in catalog.match_all("an RPN calculator built on a stack")] == [
+        "stack", "rpn", "calculator"]
+    assert [i.key for i in catalog.match_all("a Fibonacci function, then a reverse Polish "
+                                             "calculator")] == [
+        "fibonacci", "stack", "rpn", "calculator"]
+    assert [i.key for i in catalog.match_all("a stock ledger")] == [
+        "inventory", "ledger", "report"]
+    for item in catalog.ALL_ITEMS:  # every planned title finds its own item again
+        assert catalog.by_title(item.title) is item
+
+
+# --------------------------------------------------------------------------------------------
+# provider personalities
+
+FENCED = re.compile(r"```json\n(.*?)\n```", re.DOTALL)
+
+
+def test_deepseek_refuses_json_schema_accepts_json_object(client):
+    goal = GOALS["fizzbuzz"] + " [mock:provider=deepseek]"
+    with pytest.raises(openai.BadRequestError) as info:
+        ask(client, "coo_plan", {"goal": goal, "max_tasks": 3})
+    assert info.value.status_code == 400
+    assert info.value.body["message"] == "This response_format type is unavailable now"
+    assert info.value.body["param"] == "response_format"
+    assert info.value.body["type"] == "invalid_request_error"
+    as_object = ask(client, "coo_plan", {"goal": goal, "max_tasks": 3}, structured=False,
+                    response_format={"type": "json_object"})
+    assert content(as_object)["tasks"][0]["title"] == "FizzBuzz function"
+    plain = ask(client, "coo_plan", {"goal": goal, "max_tasks": 3}, structured=False)
+    assert content(plain) == content(as_object)
+
+
+def test_ollama_refuses_response_format_and_fences_json_after_prose(client):
+    goal = GOALS["stack"] + " [mock:provider=ollama]"
+    with pytest.raises(openai.BadRequestError) as as_schema:
+        ask(client, "coo_plan", {"goal": goal})
+    with pytest.raises(openai.BadRequestError) as as_object:
+        ask(client, "coo_plan", {"goal": goal}, structured=False,
+            response_format={"type": "json_object"})
+    for info in (as_schema, as_object):
+        assert info.value.body["message"] == "response_format is not supported by this server"
+        assert info.value.body["param"] == "response_format"
+    answers = {}
+    for schema, data in [
+        ("coo_plan", {"goal": goal, "max_tasks": 3}),
+        ("engineer_artifact", {"goal": goal, "task": {"title": "Stack class"}}),
+        ("qa_verdict", {"goal": goal, "sandbox": {"outcome": "ok", "exit_code": 0,
+                                                 "stderr": "Ran 5 tests in 0.0s\n\nOK\n"}}),
+    ]:
+        text = ask(client, schema, data, structured=False).choices[0].message.content
+        with pytest.raises(json.JSONDecodeError):
+            json.loads(text)
+        prose = text.split("```")[0].strip()
+        assert prose.endswith(":") and "{" not in prose  # one sentence of prose first
+        answers[schema] = json.loads(FENCED.search(text).group(1))
+    assert answers["coo_plan"]["tasks"][0]["title"] == "Stack class"
+    assert answers["engineer_artifact"]["files"][0]["name"] == "stack.py"
+    assert answers["qa_verdict"]["passed"] is True
+
+
+def test_reasoning_model_wants_max_completion_tokens_and_reasons(client):
+    goal = GOALS["palindrome"] + " [mock:provider=reasoning]"
+    with pytest.raises(openai.BadRequestError) as info:
+        ask(client, "coo_plan", {"goal": goal, "max_tasks": 3}, max_tokens=4000)
+    assert info.value.body == {
+        "message": "Unsupported parameter: 'max_tokens' is not supported with this model. "
+                   "Use 'max_completion_tokens' instead.",
+        "type": "invalid_request_error", "param": "max_tokens", "code": "unsupported_parameter"}
+    completion = ask(client, "coo_plan", {"goal": goal, "max_tasks": 3}, max_tokens=None,
+                     max_completion_tokens=4000)
+    message = completion.choices[0].message
+    assert content(completion)["tasks"][0]["title"] == "Palindrome checker"
+    reasoning = message.model_extra["reasoning_content"]
+    assert reasoning.count(". ") >= 2 and "palindrome" in reasoning.lower()
+    assert "[mock:" not in reasoning
+    usage = completion.usage
+    n_reasoning = usage.completion_tokens_details.reasoning_tokens
+    assert n_reasoning == math.ceil(len(reasoning) / 4) > 0
+    assert usage.completion_tokens == math.ceil(len(message.content) / 4) + n_reasoning
+    # the limit covers the reasoning too: a tight one leaves the content cut short
+    tight = ask(client, "coo_plan", {"goal": goal, "max_tasks": 3}, max_tokens=None,
+                max_completion_tokens=n_reasoning + 5)
+    assert tight.choices[0].finish_reason == "length"
+    assert tight.usage.completion_tokens == n_reasoning + 5
+    assert len(tight.choices[0].message.content) == 20
+
+
+def test_provider_as_a_server_wide_default():
+    with serve("provider=deepseek,no-usage") as url, openai.OpenAI(
+            base_url=f"{url}/v1", api_key="t", max_retries=0) as c:
+        assert httpx.get(f"{url}/healthz").json()["scenario"] == [
+            "provider=deepseek", "no-usage"]
+        with pytest.raises(openai.BadRequestError) as info:
+            ask(c, "coo_plan", {"goal": GOALS["roman"]})
+        assert info.value.body["message"] == "This response_format type is unavailable now"
+        # refused before the input is even read
+        with pytest.raises(openai.BadRequestError) as info:
+            c.chat.completions.create(
+                model="m", messages=[{"role": "user", "content": "```json\n{oops\n```"}],
+                response_format={"type": "json_schema", "json_schema": {
+                    "name": "coo_plan", "schema": SCHEMAS["coo_plan"]}})
+        assert info.value.body["param"] == "response_format"
+        completion = ask(c, "coo_plan", {"goal": GOALS["roman"]}, structured=False)
+        assert completion.usage is None
+        # a goal's marker overrides the server's default
+        other = ask(c, "coo_plan", {"goal": GOALS["roman"] + " [mock:provider=reasoning]"},
+                    max_tokens=None, max_completion_tokens=3000)
+        assert other.choices[0].message.model_extra["reasoning_content"]
+
+
+# --------------------------------------------------------------------------------------------
+# refusals, missing usage, long answers
+
+
+def test_refuse_every_role_or_one(client):
+    goal = GOALS["fibonacci"] + " [mock:refuse]"
+    completion = ask(client, "coo_plan", {"goal": goal})
+    choice = completion.choices[0]
+    assert choice.message.content is None
+    assert choice.message.refusal == "I'm sorry, but I can't help with that request."
+    assert choice.finish_reason == "stop"
+    assert completion.usage.completion_tokens == math.ceil(len(choice.message.refusal) / 4)
+
+    goal = GOALS["fibonacci"] + " [mock:refuse=qa]"
+    assert content(ask(client, "coo_plan", {"goal": goal}))["tasks"]
+    assert content(ask(client, "engineer_artifact", {
+        "goal": goal, "task": {"title": "Fibonacci numbers"}}))["files"]
+    refused = ask(client, "qa_verdict", {"goal": goal, "sandbox": {"outcome": "ok",
+                                                                  "exit_code": 0}})
+    assert refused.choices[0].message.content is None and refused.choices[0].message.refusal
+
+
+def test_no_usage(client, base_url):
+    completion = ask(client, "coo_plan", {"goal": GOALS["csv_sum"] + " [mock:no-usage]"})
+    assert completion.usage is None
+    assert content(completion)["tasks"][0]["title"] == "CSV column summer"
+    raw = httpx.post(f"{base_url}/v1/chat/completions", json={
+        "model": "m", "messages": [{"role": "user", "content": "hi [mock:no-usage]"}]}).json()
+    assert "usage" not in raw and raw["choices"][0]["message"]["content"]
+
+
+@pytest.mark.parametrize("schema, data", [
+    ("coo_plan", {"max_tasks": 3}),
+    ("engineer_artifact", {"task": {"title": "Word counter"}}),
+    ("qa_verdict", {"sandbox": {"outcome": "ok", "exit_code": 0}}),
+])
+def test_long_answer_is_cut_at_the_limit_then_fits_a_larger_one(client, schema, data):
+    data = dict(data, goal=GOALS["word_count"] + " [mock:long=3000]")
+    cut = ask(client, schema, data, max_tokens=1000)
+    assert cut.choices[0].finish_reason == "length"
+    assert cut.usage.completion_tokens == 1000
+    assert len(cut.choices[0].message.content) == 4000
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(cut.choices[0].message.content)
+    retried = ask(client, schema, data, max_tokens=None, max_completion_tokens=4000)
+    assert retried.choices[0].finish_reason == "stop"
+    assert retried.usage.completion_tokens == 3000
+    assert math.ceil(len(retried.choices[0].message.content) / 4) == 3000
+    assert content(retried)  # valid JSON, whole
+
+
+# --------------------------------------------------------------------------------------------
+# unreliable engineers and QA
+
+
+def test_sycophant_code_always_fails_and_qa_approves_anyway(client, tmp_path):
+    goal = GOALS["roman"] + " [mock:sycophant]"
+    task = plan_one(client, goal)
+    feedback = None
+    for attempt in (1, 2, 3):
+        artifact = content(ask(client, "engineer_artifact", {
+            "goal": goal, "task": task, "attempt": attempt, "feedback": feedback}))
+        result = run_artifact(artifact, tmp_path / str(attempt))
+        assert result["exit_code"] != 0 and "FAILED" in result["stderr"]
+        assert "All tests pass" in artifact["notes"]  # it says so all the same
+        verdict = content(ask(client, "qa_verdict", {
+            "goal": goal, "task": task, "files": artifact["files"],
+            "command": artifact["command"], "sandbox": result}))
+        assert verdict["passed"] is True and verdict["score"] == 0.9
+        assert "Excellent" in verdict["feedback"]
+        feedback = "tests failed"
+    honest = content(ask(client, "qa_verdict", {"goal": GOALS["roman"], "sandbox": result}))
+    assert honest["passed"] is False
+
+
+def test_lazy_command_runs_no_test_and_qa_does_not_notice(client, tmp_path):
+    goal = GOALS["palindrome"] + " [mock:lazy]"
+    task = plan_one(client, goal)
+    artifact = content(ask(client, "engineer_artifact", {"goal": goal, "task": task}))
+    assert [f["name"] for f in artifact["files"]] == ["palindrome.py", "test_palindrome.py"]
+    assert artifact["command"][:3] == ["python3", "-m", "unittest"]
+    result = run_artifact(artifact, tmp_path)
+    assert "Ran 0 tests" in result["stderr"]
+    assert result["exit_code"] in (0, 5)  # unittest exits 5 on "no tests" from Python 3.12 on
+    green = {"outcome": "ok", "exit_code": 0, "stdout": "",
+             "stderr": "\n----------------------------------------------------------------------"
+                       "\nRan 0 tests in 0.000s\n\nOK\n"}
+    lenient = content(ask(client, "qa_verdict", {"goal": goal, "sandbox": green}))
+    assert lenient["passed"] is True
+    honest = content(ask(client, "qa_verdict", {"goal": GOALS["palindrome"], "sandbox": green}))
+    assert honest["passed"] is False and "No tests" in honest["feedback"]
+    red = dict(green, outcome="failed", exit_code=1)
+    assert content(ask(client, "qa_verdict", {"goal": goal, "sandbox": red}))["passed"] is False
+
+
+def test_new_scenario_parsing():
+    sc = scenarios.resolve("x [mock:provider=DeepSeek] [mock:refuse=qa] [mock:no-usage] "
+                           "[mock:long=1200] [mock:sycophant] [mock:lazy]")
+    assert (sc.provider, sc.refuse, sc.no_usage, sc.long, sc.sycophant, sc.lazy) == (
+        "deepseek", "qa", True, 1200, True, True)
+    assert sc.names == ["provider=deepseek", "refuse=qa", "no-usage", "long", "sycophant",
+                        "lazy"]
+    assert sc.refuses("qa") and not sc.refuses("coo") and not sc.refuses(None)
+    everyone = scenarios.resolve("[mock:refuse]")
+    assert everyone.refuses(None) and everyone.refuses("engineer") and everyone.names == [
+        "refuse"]
+    bad = "[mock:provider=gemini] [mock:refuse=ceo] [mock:long] [mock:long=-3]"
+    assert scenarios.resolve(bad) == scenarios.Scenario()
+    assert scenarios.parse_defaults("provider=ollama,lazy").names == ["provider=ollama", "lazy"]

@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-import uvicorn
 import structlog
+import uvicorn
 
 from .app import Settings, create_app
 

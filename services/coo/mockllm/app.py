@@ -3,7 +3,14 @@
 Endpoints: ``POST /v1/chat/completions``, ``GET /v1/models``, ``GET /v1/models/{id}``,
 ``GET /healthz``, ``GET /metrics``. Errors use OpenAI's JSON shape
 (``{"error": {"message", "type", "param", "code"}}``) and status codes, so the ``openai`` SDK
-raises the matching exception classes.
+raises the matching exception classes (``errors``).
+
+A request's role comes from ``response_format.json_schema.name`` or a ``role: coo|engineer|qa``
+system message, its input from the last ```json block of the last user message, its scenario
+from ``[mock:...]`` markers in the goal (``scenarios``; server-wide defaults from
+``COO_MOCKLLM_SCENARIO``). The answer is built by ``roles`` (``engineer``, ``qa``, the
+``catalog``), written the way the scenario's provider personality writes it (``providers``) and
+billed in ``completion``.
 """
 
 from __future__ import annotations
@@ -11,10 +18,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import math
 import re
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,14 +33,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from . import roles, scenarios
-from .scenarios import OnceSet
+from . import completion, providers, roles, scenarios
+from .completion import CHARS_PER_TOKEN, Answer, estimate_tokens
+from .errors import APIError, bad_request, error_response
+from .scenarios import OnceSet, Scenario
 
 log = structlog.get_logger(__name__)
 
 SERVICE = "mockllm"
-SYSTEM_FINGERPRINT = "fp_mockllm_v1"
-CHARS_PER_TOKEN = 4
 MAX_MODEL_LABELS = 32
 
 
@@ -87,39 +92,6 @@ class _ASGIEndpoint:
 
 
 # --------------------------------------------------------------------------------------------
-# errors
-
-
-class APIError(Exception):
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        type_: str = "invalid_request_error",
-        code: str | None = None,
-        param: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.type = type_
-        self.code = code
-        self.param = param
-        self.headers = headers
-
-
-def error_response(exc: APIError) -> JSONResponse:
-    body = {"error": {"message": exc.message, "type": exc.type, "param": exc.param,
-                      "code": exc.code}}
-    return JSONResponse(body, status_code=exc.status, headers=exc.headers)
-
-
-def _bad(message: str, param: str | None = None, code: str | None = None) -> APIError:
-    return APIError(400, message, "invalid_request_error", code, param)
-
-
-# --------------------------------------------------------------------------------------------
 # request parsing
 
 _FENCE = re.compile(r"```json[ \t]*\r?\n(.*?)```", re.DOTALL | re.IGNORECASE)
@@ -132,7 +104,14 @@ class ChatRequest:
     model: str
     messages: list[dict[str, Any]]
     max_tokens: int | None
+    max_completion_tokens: int | None
     response_format: dict[str, Any] | None
+
+    @property
+    def limit(self) -> int | None:
+        """The output limit: the smaller of max_tokens and max_completion_tokens."""
+        given = [v for v in (self.max_tokens, self.max_completion_tokens) if v is not None]
+        return min(given) if given else None
 
 
 def message_text(message: dict[str, Any]) -> str:
@@ -157,52 +136,57 @@ def _optional_int(body: dict[str, Any], key: str) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
-        raise _bad(f"Invalid type for '{key}': expected an integer.", key, "invalid_type")
+        raise bad_request(f"Invalid type for '{key}': expected an integer.", key,
+                          "invalid_type")
     if value < 1:
-        raise _bad(f"Invalid '{key}': integer below minimum value 1.", key,
-                   "integer_below_min_value")
+        raise bad_request(f"Invalid '{key}': integer below minimum value 1.", key,
+                          "integer_below_min_value")
     return value
 
 
 def parse_request(body: Any) -> ChatRequest:
     if not isinstance(body, dict):
-        raise _bad("The request body must be a JSON object.", None, "invalid_body")
+        raise bad_request("The request body must be a JSON object.", None, "invalid_body")
     model = body.get("model")
     if model is None:
-        raise _bad("You must provide a model parameter.", "model", "missing_required_parameter")
+        raise bad_request("You must provide a model parameter.", "model",
+                          "missing_required_parameter")
     if not isinstance(model, str) or not model.strip():
-        raise _bad("Invalid 'model': expected a non-empty string.", "model", "invalid_type")
+        raise bad_request("Invalid 'model': expected a non-empty string.", "model",
+                          "invalid_type")
     messages = body.get("messages")
     if messages is None:
-        raise _bad("Missing required parameter: 'messages'.", "messages",
-                   "missing_required_parameter")
+        raise bad_request("Missing required parameter: 'messages'.", "messages",
+                          "missing_required_parameter")
     if not isinstance(messages, list) or not messages:
-        raise _bad("Invalid 'messages': expected a non-empty array.", "messages", "invalid_value")
+        raise bad_request("Invalid 'messages': expected a non-empty array.", "messages",
+                          "invalid_value")
     for i, msg in enumerate(messages):
         if not isinstance(msg, dict) or msg.get("role") not in _MESSAGE_ROLES:
-            raise _bad(f"Invalid 'messages[{i}]': expected an object with a valid 'role'.",
-                       f"messages[{i}]", "invalid_value")
+            raise bad_request(f"Invalid 'messages[{i}]': expected an object with a valid "
+                              "'role'.", f"messages[{i}]", "invalid_value")
     if body.get("stream"):
-        raise _bad("mockllm does not support 'stream': true.", "stream", "unsupported_parameter")
+        raise bad_request("mockllm does not support 'stream': true.", "stream",
+                          "unsupported_parameter")
     n = body.get("n")
     if n is not None and n != 1:
-        raise _bad("mockllm only supports n=1.", "n", "unsupported_value")
+        raise bad_request("mockllm only supports n=1.", "n", "unsupported_value")
     temperature = body.get("temperature")
     if temperature is not None:
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-            raise _bad("Invalid type for 'temperature': expected a number.", "temperature",
-                       "invalid_type")
+            raise bad_request("Invalid type for 'temperature': expected a number.",
+                              "temperature", "invalid_type")
         if not 0 <= temperature <= 2:
-            raise _bad("Invalid 'temperature': must be between 0 and 2.", "temperature",
-                       "invalid_value")
-    limits = [v for v in (_optional_int(body, "max_tokens"),
-                          _optional_int(body, "max_completion_tokens")) if v is not None]
+            raise bad_request("Invalid 'temperature': must be between 0 and 2.", "temperature",
+                              "invalid_value")
+    max_tokens = _optional_int(body, "max_tokens")
+    max_completion_tokens = _optional_int(body, "max_completion_tokens")
     response_format = body.get("response_format")
     if response_format is not None and not isinstance(response_format, dict):
-        raise _bad("Invalid 'response_format': expected an object.", "response_format",
-                   "invalid_type")
-    return ChatRequest(model=model, messages=messages,
-                       max_tokens=min(limits) if limits else None,
+        raise bad_request("Invalid 'response_format': expected an object.", "response_format",
+                          "invalid_type")
+    return ChatRequest(model=model, messages=messages, max_tokens=max_tokens,
+                       max_completion_tokens=max_completion_tokens,
                        response_format=response_format)
 
 
@@ -214,19 +198,20 @@ def detect_schema(req: ChatRequest) -> str | None:
         if rf_type == "json_schema":
             js = rf.get("json_schema")
             if not isinstance(js, dict) or not isinstance(js.get("name"), str):
-                raise _bad("Missing required parameter: 'response_format.json_schema.name'.",
-                           "response_format.json_schema", "missing_required_parameter")
+                raise bad_request(
+                    "Missing required parameter: 'response_format.json_schema.name'.",
+                    "response_format.json_schema", "missing_required_parameter")
             name = js["name"]
             if name not in roles.SCHEMA_ROLES:
-                raise _bad(
+                raise bad_request(
                     f"Unknown response_format.json_schema.name {name!r}; mockllm answers "
                     f"{', '.join(sorted(roles.SCHEMA_ROLES))}.",
                     "response_format.json_schema.name", "unknown_schema",
                 )
             return name
         if rf_type not in ("json_object", "text"):
-            raise _bad(f"Invalid 'response_format.type': {rf_type!r}.", "response_format.type",
-                       "invalid_value")
+            raise bad_request(f"Invalid 'response_format.type': {rf_type!r}.",
+                              "response_format.type", "invalid_value")
     for msg in req.messages:
         if msg.get("role") in ("system", "developer"):
             m = _ROLE_HINT.search(message_text(msg))
@@ -250,16 +235,13 @@ def extract_input(text: str) -> dict[str, Any]:
         value = json.loads(candidate)
     except ValueError as exc:
         where = "the last ```json block" if blocks else "the last user message"
-        raise _bad(f"Could not parse {where} as JSON ({exc}); put the structured input in a "
-                   "```json fenced block of the last user message.", "messages",
-                   "invalid_input") from None
+        raise bad_request(f"Could not parse {where} as JSON ({exc}); put the structured input "
+                          "in a ```json fenced block of the last user message.", "messages",
+                          "invalid_input") from None
     if not isinstance(value, dict):
-        raise _bad("The structured input must be a JSON object.", "messages", "invalid_input")
+        raise bad_request("The structured input must be a JSON object.", "messages",
+                          "invalid_input")
     return value
-
-
-def estimate_tokens(text: str) -> int:
-    return math.ceil(len(text) / CHARS_PER_TOKEN)
 
 
 def prompt_tokens(req: ChatRequest) -> int:
@@ -270,6 +252,58 @@ def prompt_tokens(req: ChatRequest) -> int:
     if req.response_format is not None:
         total += estimate_tokens(json.dumps(req.response_format, sort_keys=True))
     return total
+
+
+# --------------------------------------------------------------------------------------------
+# one request's answer
+
+
+@dataclass
+class Turn:
+    """What a request asks: the role's schema (None: no role), its input, goal and scenario."""
+
+    schema: str | None
+    inp: dict[str, Any] | None
+    goal: str
+    scenario: Scenario
+
+
+def read_turn(req: ChatRequest, defaults: Scenario) -> Turn:
+    schema = detect_schema(req)
+    user_text = last_user_text(req)
+    if schema is None:
+        return Turn(None, None, user_text, scenarios.resolve(user_text, defaults))
+    try:
+        inp = extract_input(user_text)
+    except APIError:
+        # a provider that refuses the request's parameters does so before reading its input
+        providers.check(defaults.provider, req.response_format, req.max_tokens)
+        raise
+    goal = inp["goal"] if isinstance(inp.get("goal"), str) else user_text
+    return Turn(schema, inp, goal, scenarios.resolve(goal, defaults))
+
+
+def compose_answer(turn: Turn) -> Answer:
+    """The model's answer to ``turn``: a refusal, the role's JSON, or the plain greeting, as
+    the scenario's provider writes it (with its reasoning, for a reasoning model)."""
+    sc, schema = turn.scenario, turn.schema
+    reasoning = providers.reasoning(sc.provider, schema, turn.inp)
+    if sc.refuses(roles.SCHEMA_ROLES.get(schema or "")):
+        return Answer(None, roles.REFUSAL, reasoning)
+    if schema is None or turn.inp is None:
+        text = roles.plain_text()
+        if sc.long is not None:
+            text = roles.pad_text(text, sc.long * CHARS_PER_TOKEN)
+    else:
+        try:
+            ans = roles.answer(schema, turn.inp, sc)
+        except roles.InputError as exc:
+            raise bad_request(f"Invalid {schema} input: {exc}", exc.param,
+                              "invalid_input") from None
+        if sc.long is not None:
+            ans = roles.pad_to(schema, ans, sc.long * CHARS_PER_TOKEN)
+        text = json.dumps(ans, ensure_ascii=False)
+    return Answer(providers.render(sc.provider, schema, text), None, reasoning)
 
 
 # --------------------------------------------------------------------------------------------
@@ -315,7 +349,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(_bad(f"Invalid request: {exc.errors()}", None, "invalid_value"))
+        return error_response(bad_request(f"Invalid request: {exc.errors()}", None,
+                                          "invalid_value"))
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
@@ -347,32 +382,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             try:
                 body = json.loads(raw)
             except ValueError:
-                raise _bad("We could not parse the JSON body of your request. (HINT: send a "
-                           "JSON object with Content-Type: application/json.)", None,
-                           "invalid_json") from None
+                raise bad_request("We could not parse the JSON body of your request. (HINT: "
+                                  "send a JSON object with Content-Type: application/json.)",
+                                  None, "invalid_json") from None
             req = parse_request(body)
             label_model = model_label(req.model)
-            schema = detect_schema(req)
-            label_schema = schema or "none"
-            user_text = last_user_text(req)
-
-            if schema is None:
-                goal = user_text
-                sc = scenarios.resolve(goal, defaults)
-                answer_text = roles.plain_text()
-            else:
-                inp = extract_input(user_text)
-                goal = inp.get("goal") if isinstance(inp.get("goal"), str) else user_text
-                sc = scenarios.resolve(goal, defaults)
-                try:
-                    answer = roles.answer(schema, inp, sc)
-                except roles.InputError as exc:
-                    raise _bad(f"Invalid {schema} input: {exc}", exc.param,
-                               "invalid_input") from None
-                answer_text = json.dumps(answer, ensure_ascii=False)
+            turn = read_turn(req, defaults)
+            label_schema = turn.schema or "none"
+            sc = turn.scenario
+            providers.check(sc.provider, req.response_format, req.max_tokens)
+            answer = compose_answer(turn)
 
             if sc.http_error is not None:
-                key = hashlib.sha256(f"{label_schema}\0{goal}".encode()).hexdigest()
+                key = hashlib.sha256(f"{label_schema}\0{turn.goal}".encode()).hexdigest()
                 if errored_once.first_time(key):
                     code = sc.http_error
                     headers = {"retry-after-ms": "100"} if code == 429 else None
@@ -387,53 +409,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await asyncio.sleep(sc.slow)
 
             n_prompt = prompt_tokens(req)
-            n_completion = max(1, estimate_tokens(answer_text))
-            finish_reason = "stop"
-            if sc.expensive is not None:
-                # A provider never bills past max_tokens: with a cap the answer runs to it and is
-                # cut off (finish_reason "length"); without one it reports the huge usage.
-                n_completion = max(sc.expensive, n_completion)
-            if req.max_tokens is not None and n_completion > req.max_tokens:
-                answer_text = answer_text[: req.max_tokens * CHARS_PER_TOKEN]
-                n_completion = req.max_tokens
-                finish_reason = "length"
-
-            outcome = "ok" if finish_reason == "stop" else "length"
-            response = {
-                "id": f"chatcmpl-mock{uuid.uuid4().hex[:24]}",
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": req.model,
-                "system_fingerprint": SYSTEM_FINGERPRINT,
-                "service_tier": "default",
-                "choices": [{
-                    "index": 0,
-                    "message": {"role": "assistant", "content": answer_text, "refusal": None,
-                                "annotations": []},
-                    "logprobs": None,
-                    "finish_reason": finish_reason,
-                }],
-                "usage": {
-                    "prompt_tokens": n_prompt,
-                    "completion_tokens": n_completion,
-                    "total_tokens": n_prompt + n_completion,
-                    "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
-                    "completion_tokens_details": {
-                        "reasoning_tokens": 0, "audio_tokens": 0,
-                        "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0,
-                    },
-                },
-            }
+            billed = completion.bill(answer, req.limit, sc.expensive)
+            response = completion.completion(req.model, billed, n_prompt,
+                                             with_usage=not sc.no_usage)
+            outcome = ("refusal" if answer.content is None
+                       else "ok" if billed.finish_reason == "stop" else "length")
             REQUESTS.labels(label_model, label_schema, outcome).inc()
-            TOKENS.labels(label_model, "prompt").inc(n_prompt)
-            TOKENS.labels(label_model, "completion").inc(n_completion)
+            if not sc.no_usage:
+                TOKENS.labels(label_model, "prompt").inc(n_prompt)
+                TOKENS.labels(label_model, "completion").inc(billed.completion_tokens)
             DURATION.labels(label_schema).observe(time.perf_counter() - t0)
             log.info(
                 "mockllm.chat_completion",
                 model=req.model, schema=label_schema, outcome=outcome,
-                finish_reason=finish_reason, prompt_tokens=n_prompt,
-                completion_tokens=n_completion, scenario=sc.names,
-                duration_ms=round((time.perf_counter() - t0) * 1000, 1),
+                finish_reason=billed.finish_reason, prompt_tokens=n_prompt,
+                completion_tokens=billed.completion_tokens,
+                reasoning_tokens=billed.reasoning_tokens, usage_reported=not sc.no_usage,
+                scenario=sc.names, duration_ms=round((time.perf_counter() - t0) * 1000, 1),
             )
             return JSONResponse(response)
         except APIError as exc:

@@ -10,9 +10,26 @@ Syntax, anywhere in the goal (it passes through every role's input)::
     [mock:expensive=TOKENS]    ... reporting TOKENS instead
     [mock:echo-secret]         answers echo a fixed fake API key (DEFAULT_SECRET)
     [mock:echo-secret=VALUE]   ... echo VALUE instead
+    [mock:provider=NAME]       behave like another kind of provider (``providers``):
+                               deepseek   json_schema refused (400), json_object and plain accepted
+                               ollama     any response_format refused (400); answers prose, then
+                                          the JSON in a ```json fence
+                               reasoning  max_tokens refused (400), max_completion_tokens only;
+                                          reasoning_content and reasoning_tokens in every answer
+    [mock:refuse]              the model refuses: content null, message.refusal set
+    [mock:refuse=ROLE]         ... only for that role (coo, engineer or qa)
+    [mock:no-usage]            the response has no ``usage`` object
+    [mock:long=TOKENS]         the answer really is TOKENS completion tokens long (padded notes,
+                               feedback or last task description); a smaller max_tokens or
+                               max_completion_tokens cuts it there (invalid JSON, "length")
+    [mock:sycophant]           the engineer's code fails its own tests on every attempt (and its
+                               notes say it passes); QA passes everything, score 0.9, with praise
+    [mock:lazy]                the engineer's command runs no test ("Ran 0 tests"); QA passes any
+                               run with outcome ok and exit code 0
 
 Server-wide defaults use the same names, comma-separated, in ``COO_MOCKLLM_SCENARIO``
-(e.g. ``slow=0.5,flaky``); markers in a request add to or override them.
+(e.g. ``slow=0.5,flaky`` or ``provider=deepseek``); markers in a request add to or override them.
+docs/mockllm.md has the table of what each one tests in COO.
 """
 
 from __future__ import annotations
@@ -33,9 +50,15 @@ DEFAULT_SLOW_SECONDS = 2.0
 MAX_SLOW_SECONDS = 300.0
 DEFAULT_EXPENSIVE_TOKENS = 200_000
 HTTP_ERROR_CODES = (429, 500, 502, 503, 504)
+PROVIDERS = ("deepseek", "ollama", "reasoning")
+REFUSE_ROLES = ("coo", "engineer", "qa")
+#: ``refuse`` without a role refuses every request
+REFUSE_ALL = "all"
+MAX_LONG_TOKENS = 1_000_000
 
 MARKER = re.compile(r"\[mock:([a-zA-Z][a-zA-Z_-]*)(?:=([^\]\n]*))?\]")
-NAMES = ("slow", "flaky", "http-error", "expensive", "echo-secret")
+NAMES = ("slow", "flaky", "http-error", "expensive", "echo-secret", "provider", "refuse",
+         "no-usage", "long", "sycophant", "lazy")
 
 
 @dataclass(frozen=True)
@@ -45,21 +68,31 @@ class Scenario:
     http_error: int | None = None
     expensive: int | None = None
     echo_secret: str | None = None
+    provider: str | None = None
+    refuse: str | None = None
+    no_usage: bool = False
+    long: int | None = None
+    sycophant: bool = False
+    lazy: bool = False
 
     @property
     def names(self) -> list[str]:
+        """The scenarios on, in NAMES order; ``provider`` and a role-bound ``refuse`` with
+        their value (``provider=deepseek``, ``refuse=qa``)."""
         out = []
-        if self.slow is not None:
-            out.append("slow")
-        if self.flaky:
-            out.append("flaky")
-        if self.http_error is not None:
-            out.append("http-error")
-        if self.expensive is not None:
-            out.append("expensive")
-        if self.echo_secret is not None:
-            out.append("echo-secret")
+        for name in NAMES:
+            value = getattr(self, name.replace("-", "_"))
+            if value is None or value is False:
+                continue
+            if name == "provider" or (name == "refuse" and value != REFUSE_ALL):
+                out.append(f"{name}={value}")
+            else:
+                out.append(name)
         return out
+
+    def refuses(self, role: str | None) -> bool:
+        """Whether a request answered as ``role`` (None: no role) is refused."""
+        return self.refuse == REFUSE_ALL or (role is not None and self.refuse == role)
 
 
 def _apply(sc: Scenario, name: str, value: str | None) -> Scenario:
@@ -73,8 +106,6 @@ def _apply(sc: Scenario, name: str, value: str | None) -> Scenario:
             if not seconds >= 0:  # also rejects NaN
                 raise ValueError(value)
             return replace(sc, slow=min(seconds, MAX_SLOW_SECONDS))
-        if name == "flaky":
-            return replace(sc, flaky=True)
         if name == "http-error":
             code = 500 if value is None else int(value)
             if code not in HTTP_ERROR_CODES:
@@ -87,6 +118,29 @@ def _apply(sc: Scenario, name: str, value: str | None) -> Scenario:
             return replace(sc, expensive=tokens)
         if name == "echo-secret":
             return replace(sc, echo_secret=value or DEFAULT_SECRET)
+        if name == "provider":
+            provider = (value or "").lower()
+            if provider not in PROVIDERS:
+                raise ValueError(value)
+            return replace(sc, provider=provider)
+        if name == "refuse":
+            role = REFUSE_ALL if value is None else value.lower()
+            if role not in (REFUSE_ALL, *REFUSE_ROLES):
+                raise ValueError(value)
+            return replace(sc, refuse=role)
+        if name == "long":
+            tokens = int(value or "")
+            if tokens < 1:
+                raise ValueError(value)
+            return replace(sc, long=min(tokens, MAX_LONG_TOKENS))
+        if name == "flaky":
+            return replace(sc, flaky=True)
+        if name == "no-usage":
+            return replace(sc, no_usage=True)
+        if name == "sycophant":
+            return replace(sc, sycophant=True)
+        if name == "lazy":
+            return replace(sc, lazy=True)
     except ValueError:
         log.warning("mockllm.scenario.bad_value", scenario=name, value=value)
         return sc
