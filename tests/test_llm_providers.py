@@ -140,3 +140,15 @@ async def test_the_rate_limiter_queues_beyond_the_limits():
     limiter.throttled("m", 0.3)
     assert await limiter.acquire("m", 1) >= 0.25
     assert limiter.snapshot()["m"]["throttled"] == 1
+
+
+def test_every_role_has_its_system_prompt():
+    """Prompt mode and json_object find the role and the schema in the system message."""
+    from coo.agent import roles
+    from coo.agent.settings import AgentSettings
+
+    for name, spec in roles.SPECS.items():
+        task = make_task(spec.role, "t-prompt", task_number=2)
+        conversation = roles.conversation_for(spec, task, AgentSettings())
+        assert f"role: {name}" in conversation.system and "<!--" not in conversation.system
+        assert conversation.user and "<!--" not in conversation.user
