@@ -49,7 +49,7 @@ MODULES: list[ModuleType] = [
 # Every message the other services rely on. Renaming one of these is a breaking change.
 EXPECTED_MESSAGES = {
     "common": {"Usage", "File"},
-    "mission": {"PlannedTask", "Mission"},
+    "mission": {"PlannedTask", "Mission", "WorkspaceVersion"},
     "agent": {"AgentTask", "AgentResult", "Verdict"},
     "budget": {
         "ReserveRequest",

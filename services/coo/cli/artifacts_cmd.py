@@ -61,8 +61,9 @@ def artifacts(mission_id: str = typer.Argument(..., help="The mission id."),
         console.print(f"mission {mission_id} has no files in its {'candidate' if candidate else 'workspace'} yet "
                       f"({state})")
         return
-    table = Table(title=f"{mission_id} workspace ({state}): {len(view['files'])} file(s), {view['bytes']} bytes",
-                  title_justify="left")
+    console.print(f"{mission_id} {'candidate' if candidate else 'workspace'} ({state}): {len(view['files'])} "
+                  f"file(s), {view['bytes']} bytes")
+    table = Table()
     table.add_column("file", no_wrap=True)
     table.add_column("bytes", justify="right")
     table.add_column("last changed by", no_wrap=True)

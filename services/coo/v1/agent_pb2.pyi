@@ -108,7 +108,7 @@ class AgentTask(_message.Message):
 
     @_builtins.property
     def artifact_files(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.File]:
-        """QA: the artifact to judge."""
+        """QA: the candidate workspace to judge (the workspace plus the attempt's change)."""
 
     @_builtins.property
     def artifact_command(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
@@ -124,7 +124,7 @@ class AgentTask(_message.Message):
 
     @_builtins.property
     def previous_files(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.File]:
-        """ENGINEER retry: the previous attempt's files, to improve on."""
+        """ENGINEER retry: the files the previous (discarded) attempt added or changed, to improve on."""
 
     @_builtins.property
     def workspace(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.File]:
@@ -239,7 +239,7 @@ class AgentResult(_message.Message):
 
     @_builtins.property
     def artifact_files(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.File]:
-        """ENGINEER: the artifact."""
+        """ENGINEER: the files the attempt adds or changes (whole contents)."""
 
     @_builtins.property
     def artifact_command(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...

@@ -299,7 +299,9 @@ class Mission(_message.Message):
 
     @_builtins.property
     def artifacts(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.File]:
-        """Files of the latest artifact."""
+        """The current attempt's candidate workspace: the workspace plus the attempt's change (what the
+        sandbox runs and QA judges); it becomes the workspace when the task passes.
+        """
 
     @_builtins.property
     def artifact_command(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
