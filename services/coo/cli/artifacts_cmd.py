@@ -47,12 +47,12 @@ def artifacts(mission_id: str = typer.Argument(..., help="The mission id."),
     mission_id = mission_id.strip()
     if not mission_id:
         raise typer.BadParameter("a mission id is required (see `coo missions`)")
-    params = {"candidate": "true"} if candidate else {}
+    flag = "true" if candidate else None
     with Api() as api:
-        view = api.get(f"/v1/missions/{mission_id}/workspace", **params)
+        view = api.get(f"/v1/missions/{mission_id}/workspace", candidate=flag)
         written: list[str] = []
         if out is not None:
-            written = _extract(api.get_bytes(f"/v1/missions/{mission_id}/workspace.tar.gz", **params), out)
+            written = _extract(api.get_bytes(f"/v1/missions/{mission_id}/workspace.tar.gz", candidate=flag), out)
     if json_out:
         emit_json({**view, **({"written_to": str(out), "written": written} if out is not None else {})})
         return

@@ -18,7 +18,8 @@ PYTEST_NO_TESTS_EXIT = 5
 
 
 def outcome_name(outcome: int) -> str:
-    name = sandbox_pb2.SandboxOutcome.Name(outcome) if outcome in sandbox_pb2.SandboxOutcome.values() else ""
+    values = sandbox_pb2.SandboxOutcome.values()
+    name = sandbox_pb2.SandboxOutcome.Name(sandbox_pb2.SandboxOutcome.ValueType(outcome)) if outcome in values else ""
     return name.removeprefix("SANDBOX_OUTCOME_").lower() or "unspecified"
 
 
