@@ -246,6 +246,11 @@ def mission(mission_id: str = typer.Argument(..., callback=_mission_id_arg, help
     info.add_row("budget", line)
     info.add_row("usage", f"{m['tokens']['input']}+{m['tokens']['output']} tokens · {m['llm_calls']} LLM calls")
     info.add_row("retries", f"{m['retries']} (max {m['max_retries']} per task)")
+    ws = m.get("workspace") or {}
+    if ws.get("files"):
+        info.add_row("workspace", f"{ws['files']} file(s), {ws['bytes']} bytes  [dim](coo artifacts {m['mission_id']})[/dim]")
+    if m.get("cost_estimated"):
+        info.add_row("cost", "[yellow]estimated[/yellow]: the LLM endpoint reported no usage for some calls")
     info.add_row("trace", f"{m.get('trace_id') or '—'}  {link or ''}")
     if ui:
         info.add_row("trace UI", f"{ui}  [dim](or search: {trace_ui_search_hint(m['mission_id'])})[/dim]")
