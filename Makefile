@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 COO := $(VENV)/bin/coo
 PYTEST_ARGS ?=
 
-.PHONY: help setup up down status test test-reliability bench bench-smoke proto lint-proto clean
+.PHONY: help setup up down status test test-reliability test-compose bench bench-smoke proto lint-proto clean
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -27,6 +27,10 @@ test: setup ## the whole test suite against real servers
 
 test-reliability: setup ## faults, load, bad input, sandbox attacks, access control, secret leaks; writes docs/reliability.md
 	@COO_RELIABILITY=1 $(PY) -m pytest tests/reliability $(PYTEST_ARGS)
+
+test-compose: setup ## docker-compose.yml on a real Docker engine of its own (stand-in images; no Grafana)
+	@bash scripts/compose-setup.sh >/dev/null
+	@COO_COMPOSE_TEST=1 $(PY) -m pytest tests/compose $(PYTEST_ARGS)
 
 bench: setup ## every benchmark: bench/results/<date>.json, plots, the README's performance section
 	@$(PY) -m bench.run

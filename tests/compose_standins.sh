@@ -184,6 +184,7 @@ EOF
     # (owned by nobody, a volume), config in /etc/prometheus.
     tag=$(compose_image prom/prometheus); mkdir -p "$work/prometheus"
     cp /usr/bin/prometheus /usr/bin/promtool "$work/prometheus/"
+    # (without Debian's UI assets, /usr/share/prometheus/web, 220 MB: the test uses the HTTP API only)
     cat >"$work/prometheus/Dockerfile" <<EOF
 FROM $BASE
 COPY prometheus promtool /bin/
@@ -201,9 +202,13 @@ EOF
     tag=$(compose_image prom/alertmanager); mkdir -p "$work/alertmanager"
     cp /usr/bin/prometheus-alertmanager "$work/alertmanager/alertmanager"
     cp /usr/bin/amtool "$work/alertmanager/amtool"
+    # Debian's build reads its default notification templates from /usr/share/prometheus/alertmanager
+    [[ -f /usr/share/prometheus/alertmanager/default.tmpl ]] || die "missing /usr/share/prometheus/alertmanager"
+    cp -rL /usr/share/prometheus/alertmanager "$work/alertmanager/share"
     cat >"$work/alertmanager/Dockerfile" <<EOF
 FROM $BASE
 COPY alertmanager amtool /bin/
+COPY share/ /usr/share/prometheus/alertmanager/
 RUN mkdir -p /etc/alertmanager /alertmanager && chown -R nobody:nogroup /etc/alertmanager /alertmanager
 USER nobody
 EXPOSE 9093

@@ -563,7 +563,7 @@ def test_compose_services_env_healthchecks_and_secrets():
     assert services["otelcol"]["image"].endswith(":" + _collector_version())
     sandbox = services["sandbox"]
     assert sandbox["environment"]["COO_SANDBOX_BACKEND"] == "docker"
-    assert "/var/run/docker.sock:/var/run/docker.sock" in sandbox["volumes"]
+    assert "${COO_DOCKER_SOCKET:-/var/run/docker.sock}:/var/run/docker.sock" in sandbox["volumes"]
     assert services["sandbox-image"]["image"] == "coo-sandbox:latest"
     assert services["sandbox-image"]["build"]["context"] == "./sandbox"
     assert "coo-data:/var/lib/coo:ro" in services["alertmanager"]["volumes"]

@@ -1,0 +1,50 @@
+"""The Docker stack on a real engine (``make test-compose``): skipped unless ``COO_COMPOSE_TEST=1``,
+so plain ``make test`` never starts a Docker engine."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+
+import pytest
+
+ENABLED = os.environ.get("COO_COMPOSE_TEST", "").strip().lower() in ("1", "true", "yes", "on")
+
+if not ENABLED:
+    collect_ignore_glob = ["test_*.py"]
+
+
+@pytest.fixture(scope="session")
+def engine(tmp_path_factory):
+    from tests.compose.engine import Engine, setup_problem
+
+    if why := setup_problem():
+        pytest.fail(f"the compose test cannot run here: {why}; run `make test-compose`, which sets it up")
+    root = tmp_path_factory.mktemp("engine")
+    eng = Engine(root)
+    eng.start()
+    try:
+        yield eng
+    finally:
+        eng.stop()
+        # overlay2 layers and volumes of this run: nothing is reused by the next one
+        shutil.rmtree(root / "data", ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def stack(engine, tmp_path_factory):
+    from tests.compose.engine import ComposeStack, _log, build_images, compose_binary
+
+    started = time.monotonic()
+    took = build_images(engine)
+    s = ComposeStack(engine, compose_binary(), tmp_path_factory.mktemp("compose"))
+    t = time.monotonic()
+    try:
+        s.up()
+        took["compose up to healthy"] = time.monotonic() - t
+        _log("set-up: " + ", ".join(f"{k} {v:.0f}s" for k, v in took.items())
+             + f"; {time.monotonic() - started:.0f}s in all")
+        yield s
+    finally:
+        s.down()
