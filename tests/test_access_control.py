@@ -617,6 +617,12 @@ FIXTURE_FILES = {
     "services/coo/common/secret_patterns.py",
     "services/coo/common/scrub.py",
     "tests/reliability/test_secret_leaks.py",   # one canary of every kind, sent through every path
+    "services/coo/common/gitleaks_rules.py",    # gitleaks' patterns (fixed token prefixes among them)
+    "observability/otelcol/config.yaml",        # the same patterns, as the collector's processors
+    "scripts/gen_gitleaks_rules.py",
+    "tests/secret_corpus.py",                   # the generated secret corpus and its shapes
+    "tests/test_gitleaks_rules.py",
+    "bench/scrub.py",                           # the benchmark's generated corpus and its shapes
 }
 #: Prose the scrubber reads as key/value pairs ("detect-secrets: findings", "Secret leaks: canaries").
 ALLOWED_VALUES_PROSE = {"findings", "canaries"}
@@ -624,6 +630,7 @@ ALLOWED_VALUES_PROSE = {"findings", "canaries"}
 #: say so in its line: EXAMPLE, canary, fake, dummy, test, mock, DoNotUse...).
 ALLOWED_VALUES = {
     ("tests/test_cli.py", "hunter2hunter2"),            # `coo scrub` input
+    ("tests/test_access_control.py", "true&subs=true"),  # a NATS monitoring query (?auth=true&subs=true)
     ("tests/test_mockllm.py", "sk-stack-roman-csv"),    # an echo-secret scenario value
     ("tests/reliability/figures.py", "Secret leaks — canaries through every path, searched in every sink"),  # a title
 }
@@ -633,7 +640,8 @@ _PLACEHOLDER = re.compile(r"""(?ix)^(?:change-me|not-needed|none|null|redacted|\
     |<[^>]*>|\$\{.*|\$\(.*|\$[A-Z_][A-Z0-9_]*|\{[^}]*\}|%\([^)]*\)s|\*+)$""")
 # A key/value match whose "value" is code: a call, an attribute chain, an identifier in prose.
 _CODE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*(?:\(.*)?$")
-_KV_RULES = {"kv_json_literal", "kv_dq", "kv_edq", "kv_sq", "kv_bare", "kv_flag", "cookie_header"}
+_KV_RULES = {"kv_json_literal", "kv_dq", "kv_edq", "kv_sq", "kv_bare", "kv_flag", "kv_flag_quoted", "kv_line",
+             "kv_query", "kv_conn", "cookie_header", "cli_login_password", "cli_user_password"}
 _RULES = [(p.name, re.compile(p.regex, PY_FLAGS)) for p in PATTERN_SPECS if not p.pii]
 
 

@@ -74,6 +74,7 @@ Trade-offs
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -97,17 +98,17 @@ from coo.common.secret_patterns import (
 )
 
 __all__ = [
-    "scrub_text",
-    "scrub",
-    "is_secret_key",
-    "structlog_processor",
-    "scrub_stream",
-    "naive_scrub_text",
-    "SECRET_PATTERNS",
+    "CYCLE_MARKER",
     "PII_PATTERNS",
     "SECRET_KEY_PATTERN",
     "SECRET_MARKER",
-    "CYCLE_MARKER",
+    "SECRET_PATTERNS",
+    "is_secret_key",
+    "naive_scrub_text",
+    "scrub",
+    "scrub_stream",
+    "scrub_text",
+    "structlog_processor",
 ]
 
 SECRET_MARKER = marker("secret")
@@ -163,6 +164,7 @@ _HIDDEN_BY = {
 }
 
 
+_WORD_CHARS = tuple((w, frozenset(w)) for w in _WORDS)
 _NOTHING: frozenset = frozenset()
 # frozenset of the words findall returned -> (those words with their prefixes, words that could
 # hide inside them and are not known yet). Bounded: cleared when full.
@@ -174,8 +176,16 @@ def _closure(words) -> frozenset:
     return frozenset().union(*(_PREFIXES[w] for w in words))
 
 
+#: Past this length a text is searched word by word (C substring search) instead of by the trie
+#: regex, whose per-character cost dominates on long lines.
+_LONG_TEXT = 16_384
+
+
 def _found(low: str) -> frozenset:
     """The multi-character trigger words present in ``low`` (exactly)."""
+    if len(low) > _LONG_TEXT:
+        chars = set(low)
+        return frozenset(w for w, need in _WORD_CHARS if need <= chars and w in low)
     words = _FINDALL(low)
     if not words:
         return _NOTHING
@@ -206,8 +216,22 @@ def _found(low: str) -> frozenset:
 class _Rule:
     """One compiled pattern and its necessary conditions."""
 
-    __slots__ = ("name", "sub", "match", "tpl", "parts", "trig", "req", "gate", "gate_id", "gate_at_start",
-                 "bucket", "presence", "idx")
+    __slots__ = (
+        "bucket",
+        "gate",
+        "gate_at_start",
+        "gate_id",
+        "idx",
+        "match",
+        "name",
+        "parts",
+        "presence",
+        "req",
+        "starts",
+        "sub",
+        "tpl",
+        "trig",
+    )
 
     def __init__(self, spec, idx: int, gates: dict):
         rx = re.compile(spec.regex, PY_FLAGS)
@@ -230,6 +254,7 @@ class _Rule:
         # Gate-only rules (no trigger words): first tested all together, see _PRESENCE.
         self.presence = spec.triggers is None and spec.gate is not None
         self.idx = idx
+        self.starts = spec.starts
 
 
 def _compile_rules(specs) -> tuple[_Rule, ...]:
@@ -243,7 +268,7 @@ assert _SECRET_SPECS[0].name == "private_key", "the multi-line PEM pattern must 
 _SECRET_RULES = _compile_rules(_SECRET_SPECS)
 _ALL_RULES = _compile_rules(_ALL_SPECS)
 _PEM = _SECRET_RULES[0]
-_PEM_TRIGGER = _SECRET_SPECS[0].triggers[0]
+_PEM_TRIGGER = (_SECRET_SPECS[0].triggers or ("private key",))[0]
 
 _KEY_RE = re.compile(SECRET_KEY_PATTERN, PY_FLAGS)
 # One search for all gate-only rules: when none of their gates occurs (most lines), none of them
@@ -346,11 +371,25 @@ def _gate_positions(gate, low: str) -> dict:
     return buckets
 
 
+def _word_positions(words: tuple[str, ...], low: str) -> list[int]:
+    """Every position (ascending, overlaps included) where one of ``words`` occurs in ``low``."""
+    out: list[int] = []
+    find = low.find
+    for w in words:
+        i = find(w)
+        while i >= 0:
+            out.append(i)
+            i = find(w, i + 1)
+    if len(words) > 1:
+        out = sorted(set(out))
+    return out
+
+
 def _sub_at(rule: _Rule, text: str, positions: list[int]) -> str:
     """``rule.sub`` on ``text`` when the rule can only match at ``positions`` (ascending): the
     same result (leftmost non-overlapping matches, each replaced as the template says) without
     scanning the text."""
-    out = []
+    out: list[str] = []
     append = out.append
     last = 0
     match = rule.match
@@ -376,7 +415,7 @@ def _sub_at(rule: _Rule, text: str, positions: list[int]) -> str:
 
 def _apply(text: str, low: str, plan: tuple, pii: bool) -> str:
     """Apply a plan, in order, to one line (or to any text, once PEM is done)."""
-    gates = None
+    gates: dict[int, Any] | None = None
     presence = None
     for rule, tchars, qchars in plan:
         if tchars is not None and not _any_in(tchars, low):
@@ -389,11 +428,17 @@ def _apply(text: str, low: str, plan: tuple, pii: bool) -> str:
             if not presence:
                 continue
         gate = rule.gate
-        if gate is None:
+        if rule.starts is not None and len(low) == len(text):
+            starts = _word_positions(rule.starts, low)
+            if not starts:
+                continue
+            new = _sub_at(rule, text, starts)
+        elif gate is None:
             new = rule.sub(rule.tpl, text)
         else:
             if gates is None:
                 gates = {}
+            positions: list[int] | None
             if rule.gate_at_start and len(low) == len(text):
                 buckets = gates.get(rule.gate_id)
                 if buckets is None:
@@ -405,7 +450,8 @@ def _apply(text: str, low: str, plan: tuple, pii: bool) -> str:
             else:
                 ok = gates.get(~rule.gate_id)          # (positions live under gate_id)
                 if ok is None:
-                    ok = gates[~rule.gate_id] = gate.search(low) is not None
+                    ok = gate.search(low) is not None
+                    gates[~rule.gate_id] = ok
                 if not ok:
                     continue
                 new = rule.sub(rule.tpl, text)
@@ -437,7 +483,7 @@ def _scrub_text(text: str, pii: bool) -> str:
     lows = low.split("\n")
     if len(lows) != len(lines):  # lower() never adds or removes "\n"; be safe anyway
         return _apply(text, low, _plan(_found(low), pii), pii)
-    out = []
+    out: list[str] = []
     append = out.append
     for line, lline in zip(lines, lows):
         if line:
@@ -721,8 +767,6 @@ def scrub_stream(infile: IO, outfile: IO, *, pii: bool = False) -> int:
         write(_scrub_line("".join(buf), pii))
     flush = getattr(outfile, "flush", None)
     if flush is not None:
-        try:
+        with contextlib.suppress(Exception):   # e.g. a closed pipe; nothing more to say
             flush()
-        except Exception:  # noqa: BLE001 - e.g. a closed pipe; nothing more to say
-            pass
     return count

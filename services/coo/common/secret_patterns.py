@@ -42,17 +42,19 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
+from coo.common.gitleaks_rules import RULES as _GITLEAKS_RULES
+
 __all__ = [
-    "PatternSpec",
-    "PATTERN_SPECS",
-    "SECRET_PATTERNS",
-    "PII_PATTERNS",
-    "SECRET_KEY_PATTERN",
     "MARKER_PREFIX",
+    "PATTERN_SPECS",
+    "PII_PATTERNS",
+    "PY_FLAGS",
+    "SECRET_KEY_PATTERN",
+    "SECRET_PATTERNS",
+    "PatternSpec",
+    "go_template",
     "marker",
     "python_template",
-    "go_template",
-    "PY_FLAGS",
 ]
 
 MARKER_PREFIX = "[REDACTED:"
@@ -78,6 +80,7 @@ class PatternSpec(NamedTuple):
     gate: str | None = None            # a cheap necessary condition: regex searched (case-sensitively) in the lower-cased text
     gate_at_start: bool = False        # the gate matches where the pattern's match starts (so its hits are the only candidates)
     gate_bucket: str | None = None     # key/value gates only: which value shape follows the separator (see scrub._gate_positions)
+    starts: tuple[str, ...] | None = None  # lower-case words every match starts with: tried only where one occurs
 
 
 # Whitespace spelled out: Python's \s includes \v, RE2's does not.
@@ -107,16 +110,33 @@ _SCHEME = r"(?:(?:bearer|basic|digest|token|bot|negotiate)[ \t]+)?"   # Authoriz
 # A bare (unquoted) value: at least one character; may not start with a separator-like character
 # (so ``token == x`` and Rust's ``auth::x`` are left alone) nor with ``["``/``{"`` (a JSON array or
 # object follows: its own keys decide). ``\`` is part of the value unless it escapes a quote.
-_BARE_STOP = _WS + r"\"'`,;&<>"
+# A value runs to the end of its token in the format it is in, not to the first special
+# character: & # % ; , belong to a bare value (an env line, a shell argument, logfmt); only a
+# query string ends a value at & or # (a raw & cannot be in a value there: it would be %26), a
+# connection string at ; (a value holding ; is quoted or braced there), a line-start
+# ``key: value`` / ``KEY=value`` (YAML scalar, header, env file) at the end of the line.
+_BARE_STOP = _WS + r"\"'`"
+#: A redaction marker as a value: matched first, so a key/value rule applied to its own output
+#: keeps the marker and does not run on into what follows it.
+_MARKER_VALUE = r"\[REDACTED:[A-Za-z0-9_.:-]{1,64}\]"
 _BARE_VALUE = (
+    _MARKER_VALUE + r"|"
     r"(?:[^" + _BARE_STOP + r"\\=:\[{(]"
     r"|[\[{(][^" + _BARE_STOP + r"\\\[{(]"
     r"|\\[^" + _WS + r"\"'])"
     r"(?:[^" + _BARE_STOP + r"\\]|\\[^" + _WS + r"\"'])*"
 )
 _DQ_VALUE = r"""(?:[^"\\\r\n]+|\\.)+"""
-_SQ_VALUE = r"""(?:[^'\\\r\n]+|\\.)+"""
-_EDQ_VALUE = r"""[^"\\\r\n]+"""                 # inside a JSON-escaped string: \"value\"
+_SQ_VALUE = r"""(?:[^'\\\r\n]+|\\.|'')+"""   # '' is a quote inside a YAML/SQL single-quoted scalar
+# Inside a JSON-escaped string (\"value\"): a \\ pair escapes the inner string's own escapes
+# (\\\\ a backslash, \\\" a quote, \\n...); a lone \" closes it.
+_EDQ_VALUE = r"""(?:[^"\\\r\n]|\\\\\\\\|\\\\\\"|\\\\[^"\\\r\n])+"""
+_LINE_VALUE = _MARKER_VALUE + r"|[^" + _WS + r"\"'\[{(][^\r\n]*"      # to the end of the line
+_QUERY_VALUE = _MARKER_VALUE + r"|[^" + _BARE_STOP + r"&#]+"
+_CONN_VALUE = _MARKER_VALUE + r"|\{(?:[^}\r\n]|\}\})*\}|[^\r\n\"'`;]+"
+# A line's start: indentation, then an optional shell/YAML/diff/curl prefix.
+_LINE_START = r"(?im)(?P<pre>^[ \t]*(?:(?:export|set|setx|ENV|env:?|[-*>+<]|[0-9]+[.)])[ \t]+)?"
+_KEY_CHARS = r"[A-Za-z0-9_.-]{0,64}?"
 
 _KV_TRIGGERS = ("pass", "pwd", "secret", "token", "bearer", "auth", "key", "cred", "cookie", "sess", "sig")
 _KV_REQUIRES = ("=", ":")
@@ -139,9 +159,16 @@ PATTERN_SPECS: tuple[PatternSpec, ...] = (
                 _PEM_BEGIN + r"(?:" + _PEM_BODY + r"*?" + _PEM_END + r"|" + _PEM_BODY + r"*)",
                 ("private key",)),
     # --- context patterns: keep the key / the URL, redact the value -----------------------
+    # URL user-info, whatever it holds (# ? @ : % ...): everything from the user's ":" to the last
+    # "@" of the authority. A "/" is taken only when something other than digits precedes it, so
+    # host:port/path@x (npm scopes, /@me) stays a URL without user-info.
     PatternSpec("url_password", "url_password",
-                r"(?P<pre>\b[A-Za-z][A-Za-z0-9+.-]{0,30}://[^" + _WS + r":/?#@\"'<>\[\]]{0,256}:)"
-                r"(?P<secret>[^" + _WS + r"/?#\"'<>]{1,256})(?P<post>@)",
+                r"(?P<pre>\b[A-Za-z][A-Za-z0-9+.-]{0,30}://[^" + _WS + r":/?#\"'<>\[\]]{0,256}:)"
+                r"(?P<secret>[^" + _WS + r"\"'<>/]{1,256}|[^" + _WS + r"\"'<>/]{0,256}[^" + _WS + r"\"'<>/0-9]"
+                r"[^" + _WS + r"\"'<>/]{0,256}/[^" + _WS + r"\"'<>]{0,256})(?P<post>@)",
+                ("://",)),
+    PatternSpec("url_token_user", "url_password",         # https://<token>@host: a token as the user
+                r"(?P<pre>\b[A-Za-z][A-Za-z0-9+.-]{0,30}://)(?P<secret>[A-Za-z0-9_~%+-]{20,256})(?P<post>@)",
                 ("://",)),
     PatternSpec("kv_json_literal", "secret",
                 r"(?im)(?P<pre>" + _KEY_WORDS + r"\\*\"[ \t]*:[ \t]*)"
@@ -162,14 +189,39 @@ PATTERN_SPECS: tuple[PatternSpec, ...] = (
     PatternSpec("cookie_header", "secret",
                 r"(?i)(?P<pre>cookie[ \t]*:[ \t]*)(?P<secret>[^" + _WS + r"\"'][^\r\n\"']*)",
                 ("cookie",), (":",)),
+    PatternSpec("kv_line", "secret",                      # YAML "password: a b", "X-Api-Key: k", env file
+                # "key: value" (YAML, a header) or "KEY=value" with no blank around "=" (env file);
+                # "token = f(x)" is code, whose value ends at a blank like any bare value
+                _LINE_START + _KEY_CHARS + _KEY_WORDS + _KEY_QUOTE + r"(?:[ \t]*:[ \t]*|=)" + _SCHEME + r")"
+                r"(?P<secret>" + _LINE_VALUE + r")",
+                _KV_TRIGGERS, _KV_REQUIRES),
+    PatternSpec("kv_query", "secret",                     # ?a=1&access_token=SECRET&b=2
+                r"(?i)(?P<pre>[?&]" + _KEY_CHARS + _KEY_WORDS + r"=)(?P<secret>" + _QUERY_VALUE + r")",
+                _KV_TRIGGERS, ("?", "&")),
+    PatternSpec("kv_conn", "secret",                      # Server=x;Password=SECRET;Encrypt=yes
+                r"(?i)(?P<pre>;[ \t]*" + _KEY_CHARS + _KEY_WORDS + r"[ \t]*=[ \t]*)(?P<secret>" + _CONN_VALUE + r")",
+                _KV_TRIGGERS, (";",)),
     PatternSpec("kv_bare", "secret",
                 r"(?i)(?P<pre>" + _KEY_WORDS + _KEY_QUOTE + _SEP + _SCHEME + r")"
                 r"(?P<secret>" + _BARE_VALUE + r")",
                 _KV_TRIGGERS, _KV_REQUIRES, gate=_KV_GATE, gate_at_start=True, gate_bucket="bare"),
-    PatternSpec("kv_flag", "secret",                      # --password hunter2, --api-key abc
+    PatternSpec("kv_flag_quoted", "secret",               # --api-key 'a b', --password "x y" (quotes go too)
                 r"(?i)(?P<pre>--[A-Za-z0-9_-]{0,40}?" + _KEY_WORDS + r"[ \t]+)"
-                r"(?P<secret>[^" + _BARE_STOP + r"\\=:\[{(-][^" + _BARE_STOP + r"]*)",
+                r"(?P<secret>'[^'\r\n]*'|\"(?:[^\"\\\r\n]|\\.)*\")",
                 ("--",)),
+    PatternSpec("kv_flag", "secret",                      # --password hunter2
+                r"(?i)(?P<pre>--[A-Za-z0-9_-]{0,40}?" + _KEY_WORDS + r"[ \t]+)"
+                r"(?P<secret>" + _MARKER_VALUE + r"|[^" + _BARE_STOP + r"\\=:\[{(-][^" + _BARE_STOP + r"]*)",
+                ("--",)),
+    PatternSpec("cli_login_password", "secret",           # docker login -u x -p SECRET, mysql -pSECRET
+                r"(?P<pre>\b(?:(?:docker|podman|nerdctl|buildah|skopeo|oras|crane|helm[ \t]+registry)[ \t]+login"
+                r"[^\r\n]*?[ \t](?:-p|--password)(?:[ \t]+|=)|\bmysql(?:admin|dump)?(?:[ \t][^\r\n]*?)?[ \t]-p)['\"]?)"
+                r"(?P<secret>" + _MARKER_VALUE + r"|[^" + _BARE_STOP + r"-][^" + _BARE_STOP + r"]*)",
+                ("login", "mysql")),
+    PatternSpec("cli_user_password", "secret",            # curl -u user:SECRET, --user=user:SECRET
+                r"(?P<pre>\bcurl(?:[ \t][^\r\n]*?)?[ \t](?:-u|--user)(?:[ \t]+|=)['\"]?[^:" + _WS + r"'\"]{1,256}:)"
+                r"(?P<secret>" + _MARKER_VALUE + r"|[^" + _BARE_STOP + r"]+)",
+                ("curl",)),
     PatternSpec("aws_secret_key", "aws_secret_key",       # aws_secret_whatever = <40 chars>
                 r"(?P<pre>(?i:aws)[A-Za-z0-9_.-]{0,32}(?i:secret)[A-Za-z0-9_.-]{0,32}" + _KEY_QUOTE + _SEP
                 + r"(?:\\?[\"'])?)(?P<secret>[A-Za-z0-9/+=]{40,})",
@@ -183,7 +235,18 @@ PATTERN_SPECS: tuple[PatternSpec, ...] = (
     PatternSpec("discord_webhook", "discord_webhook",
                 r"(?P<pre>\bdiscord(?:app)?\.com/api(?:/v[0-9]{1,2})?/webhooks/[0-9]{5,30}/)(?P<secret>[A-Za-z0-9_-]{20,})",
                 ("discord",)),
-    # --- self-contained tokens -------------------------------------------------------------
+    # --- gitleaks' default rules (generated: coo.common.gitleaks_rules) ---------------------
+    *(PatternSpec(f"gitleaks:{_kind}:{_n}", _kind, _rx, _trig, starts=_starts)
+      for _n, (_kind, _rx, _trig, _starts) in enumerate(_GITLEAKS_RULES)),
+    # --- our own rules: what gitleaks lacks, and shapes its rules leave out ------------------
+    PatternSpec("nats_nkey_seed", "nats_nkey_seed",       # NATS nkey seeds: S + type + base32 (58 chars)
+                r"\bS[UAONCXP][A-Z2-7]{56}\b", None, gate=r"\bs[uaoncxp][a-z2-7]{56}\b", gate_at_start=True),
+    PatternSpec("container_registry_token", "container_registry_token",
+                # Docker Hub personal/organisation access tokens; AWS ECR login tokens (base64 of
+                # {"payload":"...); a base64 .dockerconfigjson ({"auths":...)
+                r"\b(?:dckr_(?:pat|oat)_[A-Za-z0-9_-]{20,}|eyJwYXlsb2FkIjoi[A-Za-z0-9+/=]{40,}"
+                r"|eyJhdXRocyI6[A-Za-z0-9+/=]{20,})",
+                ("dckr_", "eyjwyxlsb2fkijoi", "eyjhdxrocyi6")),
     PatternSpec("aws_access_key", "aws_access_key",
                 r"\b(?:AKIA|ASIA|ABIA|ACCA|A3T[A-Z0-9])[A-Z0-9]{16}\b",
                 ("akia", "asia", "abia", "acca", "a3t")),
