@@ -73,7 +73,7 @@ from .base import (
     finished_outcome,
     validate_spec,
 )
-from .cgroups import MEMORY_SLACK_BYTES, PIDS_SLACK, Cgroups, RunGroup
+from .cgroups import MEMORY_SLACK_BYTES, PIDS_SLACK, Cgroups, RunGroup, kill_until_gone
 
 NAME = "bubblewrap"
 WORK_DIR = "/work"
@@ -166,17 +166,7 @@ def kill_uid(uid: int, settle_seconds: float = 2.0) -> int:
     """
     if uid == 0:
         raise ValueError("refusing to kill the processes of uid 0")
-    killed = 0
-    deadline = time.monotonic() + settle_seconds
-    while True:
-        pids = processes_of_uid(uid)
-        if not pids or time.monotonic() >= deadline:
-            return killed
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-                killed += 1
-        time.sleep(0.02)
+    return kill_until_gone(lambda: processes_of_uid(uid), settle_seconds)
 
 
 class BubblewrapBackend:

@@ -30,6 +30,7 @@ import contextlib
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 PARENT = "coo-sandbox"
@@ -80,6 +81,22 @@ def _own_paths() -> dict[str, str]:
     return paths
 
 
+def kill_until_gone(list_pids: Callable[[], list[int]], settle_seconds: float = 2.0) -> int:
+    """SIGKILL the processes ``list_pids`` names until it names none (or ``settle_seconds`` pass);
+    returns how many signals were sent."""
+    sent = 0
+    deadline = time.monotonic() + settle_seconds
+    while True:
+        pids = list_pids()
+        if not pids or time.monotonic() >= deadline:
+            return sent
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+                sent += 1
+        time.sleep(0.01)
+
+
 @dataclass(frozen=True)
 class RunGroup:
     """The group(s) of one run: one directory on v2, a memory and a pids directory on v1."""
@@ -111,20 +128,10 @@ class RunGroup:
 
     def kill(self, settle_seconds: float = 2.0) -> int:
         """SIGKILL every process in the group until it is empty; returns the signals sent."""
-        sent = 0
         if self.version == 2:
             with contextlib.suppress(OSError):
                 _write(os.path.join(self.dirs[0], "cgroup.kill"), "1")
-        deadline = time.monotonic() + settle_seconds
-        while True:
-            pids = self.pids()
-            if not pids or time.monotonic() >= deadline:
-                return sent
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGKILL)
-                    sent += 1
-            time.sleep(0.01)
+        return kill_until_gone(self.pids, settle_seconds)
 
     def remove(self) -> None:
         """Kill what is left and remove the directories (a group with members cannot go)."""
