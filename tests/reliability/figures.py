@@ -128,6 +128,7 @@ AREA_TITLES = {
     "bad input": "Bad input: bus, DLQ advisories, REST API, CLI",
     "sandbox": "Sandbox attacks (through the real sandbox service over NATS)",
     "secrets": "Secret leaks — canaries through every path, searched in every sink",
+    "scrubbing": "Scrubbing — a generated corpus of secrets and look-alikes through every scrubber",
     "access": "Access control on NATS",
     "suite": "The suite itself",
 }
