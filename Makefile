@@ -32,6 +32,9 @@ test-compose: setup ## docker-compose.yml on a real Docker engine of its own (st
 	@bash scripts/compose-setup.sh >/dev/null
 	@COO_COMPOSE_TEST=1 $(PY) -m pytest tests/compose $(PYTEST_ARGS)
 
+screenshots: setup ## refresh docs/screenshots/ (the README's tour) from the browser tests
+	@COO_UPDATE_DOCS_SCREENSHOTS=1 $(PY) -m pytest tests/test_stack_e2e.py tests/test_stack_ui.py $(PYTEST_ARGS)
+
 bench: setup ## every benchmark: bench/results/<date>.json, plots, the README's performance section
 	@$(PY) -m bench.run
 

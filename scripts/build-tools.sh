@@ -142,6 +142,23 @@ publish() {
     fi
 }
 
+# module_dir MODULE@VERSION: where `go mod download` put the module (its own go.sum is there).
+module_dir() {
+    go mod download -json "$1" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p'
+}
+
+# finish_build STAGE FINAL START WHAT: record how STAGE was built, move it into place, say so.
+finish_build() {
+    cp "$1/../src/go.mod" "$1/go.mod"
+    {
+        echo "built: $(date -u +%Y-%m-%dT%H:%M:%SZ) with $GOVERSION"
+        echo "$4"
+        echo "seconds: $((SECONDS - $3))"
+    } >"$1/BUILD-INFO"
+    publish "$1" "$2"
+    log "built ${4%%:*} in $((SECONDS - $3)) s"
+}
+
 ensure_ocb() {
     OCB="$CACHE/ocb-$OCB_VERSION/builder"
     [[ -x $OCB ]] && return 0
@@ -205,7 +222,7 @@ build_jaeger() {
             go mod init coo.local/jaeger-build &&
             for r in "${JAEGER_REPLACES[@]}"; do go mod edit -replace="$r" || exit 1; done &&
             go mod edit -require="$JAEGER_MODULE@$JAEGER_VERSION" &&
-            jdir=$(go mod download -json "$JAEGER_MODULE@$JAEGER_VERSION" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p') &&
+            jdir=$(module_dir "$JAEGER_MODULE@$JAEGER_VERSION") &&
             [[ -f $jdir/go.sum ]] &&
             # Jaeger's own go.sum (its hashes were verified when the Jaeger module was): the
             # checksum database here does not answer for every one of its dependencies.
@@ -219,14 +236,7 @@ build_jaeger() {
         die "the Jaeger build failed (last 60 lines of its log above)"
     }
     "$t/stage/jaeger" --help >/dev/null 2>&1 || die "the built jaeger does not run"
-    cp "$t/src/go.mod" "$t/stage/go.mod"
-    {
-        echo "built: $(date -u +%Y-%m-%dT%H:%M:%SZ) with $GOVERSION"
-        echo "jaeger: $JAEGER_RELEASE = $JAEGER_MODULE@$JAEGER_VERSION ($JAEGER_COMMIT)"
-        echo "seconds: $((SECONDS - start))"
-    } >"$t/stage/BUILD-INFO"
-    publish "$t/stage" "$final"
-    log "built Jaeger in $((SECONDS - start)) s"
+    finish_build "$t/stage" "$final" "$start" "Jaeger: $JAEGER_RELEASE = $JAEGER_MODULE@$JAEGER_VERSION ($JAEGER_COMMIT)"
 }
 
 build_viewer() {
@@ -247,7 +257,7 @@ build_viewer() {
             cd "$t/src" &&
             go mod init coo.local/otel-desktop-viewer-build &&
             go mod edit -require="$VIEWER_MODULE@$VIEWER_VERSION" &&
-            vdir=$(go mod download -json "$VIEWER_MODULE@$VIEWER_VERSION" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p') &&
+            vdir=$(module_dir "$VIEWER_MODULE@$VIEWER_VERSION") &&
             [[ -f $vdir/go.sum ]] &&
             cp "$vdir/go.sum" go.sum &&
             go get "$VIEWER_MODULE@$VIEWER_VERSION" &&
@@ -258,14 +268,7 @@ build_viewer() {
         die "the otel-desktop-viewer build failed (last 60 lines of its log above)"
     }
     "$t/stage/otel-desktop-viewer" --version >/dev/null 2>&1 || die "the built otel-desktop-viewer does not run"
-    cp "$t/src/go.mod" "$t/stage/go.mod"
-    {
-        echo "built: $(date -u +%Y-%m-%dT%H:%M:%SZ) with $GOVERSION"
-        echo "otel-desktop-viewer: $VIEWER_MODULE@$VIEWER_VERSION"
-        echo "seconds: $((SECONDS - start))"
-    } >"$t/stage/BUILD-INFO"
-    publish "$t/stage" "$final"
-    log "built otel-desktop-viewer in $((SECONDS - start)) s"
+    finish_build "$t/stage" "$final" "$start" "otel-desktop-viewer: $VIEWER_MODULE@$VIEWER_VERSION"
 }
 
 # ensure TOOL: build if missing, under a per-tool lock (a second caller waits, then finds it).

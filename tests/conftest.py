@@ -86,3 +86,7 @@ async def env(nats_server):
     finally:
         await bus.close()
         await budget_bus.close()
+
+
+# the session's one embedded stack (fixture `embedded`)
+pytest_plugins = ["tests.stack_fixture"]

@@ -7,12 +7,12 @@ from __future__ import annotations
 import json
 import time
 import urllib.parse
+from datetime import datetime
 
 import httpx
 import pytest
 
 from coo.stack import supervisor
-from tests.harness import embedded_stack, missing_stack_tools
 from coo.stack.components import REPO_ROOT, StackSettings
 
 pytestmark = pytest.mark.stack
@@ -29,11 +29,8 @@ ECHO = "sk-proj-" + "EchoCanary0123456789" * 2 + "abcdefgh"
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    if why := missing_stack_tools():
-        pytest.skip(f"the embedded stack is incomplete here ({why}); make test builds it")
-    with embedded_stack(tmp_path_factory.mktemp("fullstack"), {"COO_SPANMETRICS_FLUSH_INTERVAL": "2s"}) as (s, token):
-        yield Stack(s, token)
+def stack(embedded):  # the session's one embedded stack (tests/stack_fixture.py)
+    return Stack(*embedded)
 
 
 class Stack:
@@ -66,6 +63,13 @@ class Stack:
     def traces_of(self, mission_id: str) -> list[dict]:
         tags = json.dumps({"mission.id": mission_id})
         return self.jaeger("/api/traces", service="orchestrator", tags=tags, limit=20, lookback="1h")["data"]
+
+    def viewer(self, method: str, *params: str) -> str:
+        """A JSON-RPC call to the trace UI (otel-desktop-viewer: what its own pages call), as text."""
+        resp = httpx.post(self.s.url(self.s.viewer_port, "/rpc"), timeout=10,
+                          json={"jsonrpc": "2.0", "id": 1, "method": method, "params": list(params)})
+        assert resp.status_code == 200 and "error" not in resp.json(), resp.text
+        return resp.text
 
     def prom(self, expr: str) -> list:
         resp = httpx.get(self.s.url(self.s.prometheus_port, "/api/v1/query"), params={"query": expr}, timeout=10)
@@ -209,15 +213,21 @@ def test_canary_secrets_reach_no_sink(stack):
 
     sinks: dict[str, str] = {}
     sinks["jaeger trace"] = json.dumps(stack.traces_of(m["mission_id"]))
+    sinks["trace UI spans"] = stack.viewer("searchSpans", m["trace_id"])
+    # the trace UI's log records since the mission began, each in full
+    since_ns = int(datetime.fromisoformat(done["created_at"]).timestamp() - 5) * 10**9
+    summaries = json.loads(stack.viewer("searchLogs", str(since_ns), str(time.time_ns())))["result"] or []
+    sinks["trace UI logs"] = json.dumps(summaries) + "".join(stack.viewer("getLog", r["id"]) for r in summaries)
     sinks["timeline"] = stack.api.get(f"/v1/missions/{m['mission_id']}/timeline").text
     audit = stack.s.state / "logs" / "coo-audit.jsonl"
     sinks["collector log file"] = "".join(p.read_text(errors="replace") for p in audit.parent.glob("coo-audit*"))
-    for name in ("orchestrator", "agent", "budget", "sandbox", "mockllm", "otelcol"):
+    for name in ("orchestrator", "agent", "budget", "sandbox", "mockllm", "otelcol", "viewer"):
         sinks[f"{name} output"] = stack.log(name)
     prom = stack.s.url(stack.s.prometheus_port)
     series = httpx.get(f"{prom}/api/v1/series", params={"match[]": '{__name__=~".+"}'}, timeout=10).text
     sinks["prometheus series"] = series + urllib.parse.unquote(series)
     assert m["mission_id"] in sinks["jaeger trace"] and len(sinks["collector log file"]) > 0
+    assert m["mission_id"] in sinks["trace UI spans"] and m["mission_id"] in sinks["trace UI logs"]
     # content capture is on: the prompt really went through the collector and was redacted there
     assert "[REDACTED" in sinks["jaeger trace"]
     leaks = [f"{secret[:12]}… in {where}" for where, text in sinks.items() for secret in secrets if secret in text]
