@@ -33,11 +33,19 @@ def engine(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def stack(engine, tmp_path_factory):
-    from tests.compose.engine import ComposeStack, _log, build_images, compose_binary
+def images(engine) -> dict[str, float]:
+    """The stand-ins and the project's images, built once into the test's engine (seconds per step)."""
+    from tests.compose.engine import build_images
+
+    return build_images(engine)
+
+
+@pytest.fixture(scope="session")
+def stack(engine, images, tmp_path_factory):
+    from tests.compose.engine import ComposeStack, _log, compose_binary
 
     started = time.monotonic()
-    took = build_images(engine)
+    took = dict(images)
     s = ComposeStack(engine, compose_binary(), tmp_path_factory.mktemp("compose"))
     t = time.monotonic()
     try:

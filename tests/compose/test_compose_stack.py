@@ -237,6 +237,45 @@ def test_compose_restart_of_a_service_loses_no_mission(stack: ComposeStack, serv
         assert done["status"] == "completed", (service, done)
 
 
+def test_a_sandbox_run_that_cannot_start_keeps_its_cause(stack: ComposeStack):
+    """The issue's case: the engine cannot start the run's container ("unable to find user
+    sandbox": an image without the sandbox user). The engine's words reach the SandboxResult (and
+    the mission record), the sandbox's log line and the span's status."""
+    stack.engine.docker("tag", "coo-standin/debian-bookworm:latest", "coo-test-no-sandbox-user:latest")
+    stack.extra_env["COO_SANDBOX_IMAGE"] = "coo-test-no-sandbox-user:latest"
+    try:
+        stack.compose("up", "-d", "--no-build", "--pull", "never", "--no-deps", "sandbox", timeout=180)
+        stack.wait_healthy(180)
+        stack.wait_ready(180)
+        m = stack.submit("write a FizzBuzz function with tests")
+        done = stack.wait(m["mission_id"], {"completed", "failed", "cancelled", "budget_exceeded"}, timeout=240)
+        assert done["status"] == "failed", done
+        run = done["last_sandbox_result"]
+        cause = "unable to find user sandbox"
+        assert run["outcome"] == "error" and run["backend"] == "docker", run
+        assert cause in (run.get("error") or ""), run
+        lines = [json.loads(line) for line in stack.logs("sandbox").splitlines() if line.startswith("{")]
+        logged = [x for x in lines if x.get("event") == "sandbox run could not run"
+                  and x.get("mission_id") == m["mission_id"]]
+        assert logged and cause in logged[0]["error"] and logged[0]["level"] == "warning", logged
+
+        def errored_span():
+            for trace in stack.traces_of(m["mission_id"]):
+                for span in trace["spans"]:
+                    tags = {t["key"]: t["value"] for t in span["tags"]}
+                    if span["operationName"] == "execute sandbox" and tags.get("otel.status_code") == "ERROR":
+                        return tags
+            return None
+
+        tags = _until("the run's span with status ERROR", errored_span, timeout=60)
+        assert cause in tags.get("otel.status_description", ""), tags
+    finally:
+        stack.extra_env.pop("COO_SANDBOX_IMAGE", None)
+        stack.compose("up", "-d", "--no-build", "--pull", "never", "--no-deps", "sandbox", timeout=180)
+        stack.wait_healthy(180)
+        stack.wait_ready(180)
+
+
 def test_a_daily_budget_alert_closes_admission(stack: ComposeStack):
     """The whole path: a daily limit passed, the budget service refuses with scope daily, the
     BudgetExceeded{scope="daily"} alert goes Prometheus → Alertmanager → the orchestrator's webhook,

@@ -44,8 +44,8 @@ class Attack:
 class Ctx:
     """What the checks compare against: host-side listeners, paths, the service process."""
 
-    def __init__(self, root, stack) -> None:
-        self.root, self.stack = root, stack
+    def __init__(self, root, stack, backend: str = "bubblewrap") -> None:
+        self.root, self.stack, self.backend = root, stack, backend
         self.tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.tcp.bind(("127.0.0.1", 0))
         self.tcp.listen(8)
@@ -158,10 +158,16 @@ def check_net(r, ctx):
         return False, f"no probe output ({r['outcome']}: {r['stderr'][-200:]})"
     connected = [k for k, v in info.items() if v == "connected" and not k.startswith(("udp", "dns"))]
     reached = ctx.reached()
-    ok = not connected and not reached and info.get("getaddrinfo") != "resolved" and not info.get("resolv_conf")
+    # Docker mounts the host's /etc/resolv.conf even into a container without network (the engine's
+    # doing, not the run's): the resolver's address is readable there, and with no interface but
+    # lo nothing can reach it. Bubblewrap runs have no resolv.conf at all.
+    resolv_ok = not info.get("resolv_conf") or (ctx.backend == "docker" and info.get("interfaces") == ["lo"])
+    ok = not connected and not reached and info.get("getaddrinfo") != "resolved" and resolv_ok
     return ok, (f"TCP to a host listener and to NATS: {info.get('tcp', '')[:40]}; UDP/DNS packets received on "
                 f"the host: {len([x for x in reached if x == 'udp'])}; getaddrinfo: {info.get('getaddrinfo')}; "
                 f"unix (abstract, path, dbus/docker/journal): refused; interfaces {info.get('interfaces')}"
+                + ("; /etc/resolv.conf is there (the engine mounts the host's; the nameserver's address is "
+                   "readable, nothing can reach it)" if info.get("resolv_conf") else "")
                 + (f"; CONNECTED: {connected} {reached}" if not ok else ""))
 
 
@@ -423,22 +429,31 @@ def make_run(attack: Attack, mission: str) -> sandbox_pb2.SandboxRun:
 
 @pytest.mark.timeout(300)
 def test_sandbox_attacks_are_contained(tmp_path, figures):
+    from coo.sandbox.backends import DockerBackend
+
+    docker_ok, docker_why = DockerBackend().available()
+    run_attack_suite(tmp_path, figures, backend="bubblewrap", area="sandbox",
+                     note="Docker backend: " + ("an engine answers, but these attacks ran on bubblewrap (the "
+                                                "Docker rows: make test-compose)" if docker_ok
+                                                else f"not run here — {docker_why}; make test-compose runs them "
+                                                "on a real engine"))
+
+
+def run_attack_suite(tmp_path, figures, *, backend: str, area: str, note: str, env: dict | None = None) -> None:
+    """Every attack through a real sandbox service forced onto ``backend`` (``env`` adds to its
+    environment, e.g. DOCKER_HOST); one figure row per attack in ``area``. The Docker rows come from
+    the compose test (tests/compose), on a real engine."""
     nats = NatsServer(data_dir=tmp_path / "nats").start()
     secrets = {"OPENAI_API_KEY": CANARY, "COO_LLM_API_KEY": CANARY, "COO_RELIABILITY_CANARY_SECRET": CANARY,
-               "COO_SANDBOX_CONCURRENCY": "4"}
+               "COO_SANDBOX_CONCURRENCY": "4", "COO_SANDBOX_BACKEND": backend, **(env or {})}
     stack = helpers.make_stack(tmp_path, nats, env=secrets, services=("sandbox",))
     ctx = None
     try:
         helpers.ensure_topology(nats.url)   # no orchestrator here to declare the streams
         stack.start()
-        ctx = Ctx(tmp_path, stack)
+        ctx = Ctx(tmp_path, stack, backend)
         sandbox_pid = stack.procs["sandbox"].pid
-        from coo.sandbox.backends import DockerBackend
-
-        docker_ok, docker_why = DockerBackend().available()
-        figures.add("sandbox", "backend attacked", "bubblewrap",
-                    note="Docker backend: " + ("an engine answers, but these attacks ran on bubblewrap"
-                                               if docker_ok else f"not run — {docker_why}"))
+        figures.add(area, "backend attacked", backend, note=note)
         # one canary run first proves the canary really is in the service's environment
         with open(f"/proc/{sandbox_pid}/environ", "rb") as fh:
             assert CANARY.encode() in fh.read(), "the canary is not in the sandbox service's environment"
@@ -477,7 +492,7 @@ def test_sandbox_attacks_are_contained(tmp_path, figures):
         rows.append(("the sandbox service after all attacks", "up" if alive else "DOWN", alive,
                      f"same process, healthy; {len(rows)} attacks in {elapsed:.0f}s"))
         for name, outcome, contained, detail in rows:
-            figures.add("sandbox", name, f"{outcome}, {'contained' if contained else 'NOT CONTAINED'}",
+            figures.add(area, name, f"{outcome}, {'contained' if contained else 'NOT CONTAINED'}",
                         target="contained", ok=contained, note=detail)
         escaped = [r for r in rows if not r[2]]
         assert not escaped, escaped
