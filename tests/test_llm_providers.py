@@ -9,6 +9,7 @@ import json
 import time
 
 from coo.agent.ratelimit import Limits, RateLimiter
+from coo.mockllm.scenarios import DEFAULT_SECRET
 from coo.v1 import agent_pb2, common_pb2
 
 from tests.agent_support import make_task, publish, running_agent
@@ -83,13 +84,13 @@ async def test_max_completion_tokens_by_pattern_and_learnt_from_a_400(env, scrip
 async def test_a_refusal_is_the_failure_reason_scrubbed(env, scripted):
     bus, budget, results, nats_url = env
     server, url = scripted
-    secret = "sk-proj-" + "R" * 40
-    server.script[:] = [{"content": None, "refusal": f"I can't help with that. (key {secret})"}]
+    canary = DEFAULT_SECRET  # the mock's fake key, shaped like an OpenAI project key
+    server.script[:] = [{"content": None, "refusal": f"I can't help with that. (key {canary})"}]
     async with running_agent(nats_url, url, llm_max_retries=0):
         result = await _plan(bus, results, "t-refuse")
     assert not result.ok and result.error_kind == agent_pb2.ERROR_KIND_REFUSED
     assert result.error.startswith("the model refused: I can't help with that.")
-    assert secret not in result.error
+    assert canary not in result.error
     assert len(server.requests) == 1 and len(budget.settles) == 1  # paid, not repaired
 
 
