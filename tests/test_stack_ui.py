@@ -298,7 +298,7 @@ def test_status_mission_and_trace_give_the_links(stack, missions):
     viewer = next(c for c in status["components"] if c["name"] == "viewer")
     assert viewer["healthy"] and viewer["url"] == s.url(s.viewer_port)
     assert status["pages"]["dashboards"] == s.url(s.prometheus_port, consoles.INDEX_PATH)
-    assert status["pages"]["traces, logs and metrics"] == s.url(s.viewer_port, "/traces")
+    assert status["pages"]["trace_ui"] == s.url(s.viewer_port, "/traces")
     res = cli(s, "status")
     assert "open in a browser" in res.stdout and s.url(s.prometheus_port, consoles.INDEX_PATH) in res.stdout
     res = cli(s, "mission", m["mission_id"], "--json")

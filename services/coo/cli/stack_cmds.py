@@ -32,13 +32,16 @@ def _pages(rows: list[supervisor.ComponentStatus]) -> dict[str, str]:
     return {what: url for r in rows if r.healthy for what, url in r.links.items()}
 
 
+PAGE_LABELS = {"trace_ui": "trace UI (traces, logs, metrics)", "dashboards": "dashboards"}
+
+
 def _print_pages(rows: list[supervisor.ComponentStatus]) -> None:
     pages = _pages(rows)
     if pages:
         console.print("open in a browser:")
         for what, url in pages.items():
-            console.print(f"  {what:<26} {url}")
-        console.print(f"  {'alerts':<26} coo alerts (Alertmanager's API; it has no UI here)")
+            console.print(f"  {PAGE_LABELS.get(what, what):<34} {url}")
+        console.print(f"  {'alerts':<34} coo alerts (Alertmanager's API; it has no UI here)")
 
 
 def up(build: bool = typer.Option(True, help="Build the collector, Jaeger and the trace UI first if not cached."),
@@ -52,7 +55,7 @@ def up(build: bool = typer.Option(True, help="Build the collector, Jaeger and th
         if script.exists():
             res = subprocess.run(["bash", str(script), "all"])
             if res.returncode != 0:
-                raise CliError("building the collector or Jaeger failed", "see the output above; re-run `make up`")
+                raise CliError("building the collector, Jaeger or the trace UI failed", "see the output above; re-run `make up`")
     parts = components(s)
     supervisor.start(s, parts)
     deadline = time.monotonic() + timeout

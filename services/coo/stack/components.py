@@ -138,7 +138,7 @@ def components(s: StackSettings | None = None) -> list[Component]:
                                otlp_grpc_port=s.viewer_otlp_grpc_port, otlp_http_port=s.viewer_otlp_http_port,
                                state_dir=state, db_max_size=s.viewer_db_max_size),
         health_url=s.url(s.viewer_port, "/"), url=s.url(s.viewer_port),
-        links={"traces, logs and metrics": s.url(s.viewer_port, "/traces")},
+        links={"trace_ui": s.url(s.viewer_port, "/traces")},
         priority=110, missing=why_viewer, local_only=True,
     ))
     otelcol, why_otelcol = tool_path("otelcol")
