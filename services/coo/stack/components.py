@@ -52,7 +52,7 @@ class StackSettings(BaseSettings):
     viewer_port: int = 8000
     viewer_otlp_grpc_port: int = 24317
     viewer_otlp_http_port: int = 24318
-    viewer_db_max_size: str = "256MB"
+    viewer_db_max_mb: int = 256            # its store is pruned from the oldest beyond this
 
     def url(self, port: int, path: str = "") -> str:
         return f"http://{self.host}:{port}{path}"
@@ -136,7 +136,7 @@ def components(s: StackSettings | None = None) -> list[Component]:
         name="viewer", kind="telemetry",
         command=viewer.command(viewer_bin or "otel-desktop-viewer", host=s.host, port=s.viewer_port,
                                otlp_grpc_port=s.viewer_otlp_grpc_port, otlp_http_port=s.viewer_otlp_http_port,
-                               state_dir=state, db_max_size=s.viewer_db_max_size),
+                               state_dir=state, db_max_mb=s.viewer_db_max_mb),
         health_url=s.url(s.viewer_port, "/"), url=s.url(s.viewer_port),
         links={"trace_ui": s.url(s.viewer_port, "/traces")},
         priority=110, missing=why_viewer, local_only=True,

@@ -82,10 +82,10 @@ def db_path(state_dir: str | os.PathLike[str]) -> Path:
 
 
 def command(binary: str, *, host: str, port: int, otlp_grpc_port: int, otlp_http_port: int,
-            state_dir: str | os.PathLike[str], db_max_size: str) -> list[str]:
+            state_dir: str | os.PathLike[str], db_max_mb: int) -> list[str]:
     return [binary, "--host", host, "--browser-port", str(port), "--grpc", str(otlp_grpc_port),
             "--http", str(otlp_http_port), "--open-browser=false",
-            "--db", str(db_path(state_dir)), "--db-max-size", db_max_size]
+            "--db", str(db_path(state_dir)), "--db-max-size", f"{db_max_mb}MB"]
 
 
 def trace_path(trace_id: str) -> str:
