@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-
 from coo.common.natsserver import NatsServer, free_port
 from coo.stack import nats_auth
 from coo.stack.components import Component, StackSettings, components
+
 
 def _die_with_parent() -> None:
     """A killed test run must not leave services behind: SIGKILL them when pytest dies."""
@@ -43,10 +43,95 @@ GOALS = (
     "write a CSV column summer with tests",
 )
 TEST_TOKEN = "test-token-" + "x" * 20
+TEST_READ_TOKEN = "test-read-token-" + "r" * 20  # the orchestrator's read-only token (COO_API_READ_TOKEN)
+# Secrets a mission's goal carries into every path (prompts, spans, logs, metrics): none may reach a sink.
+CANARIES = {
+    "aws": "AKIAQ3CANARY7EXAMPLE",
+    "github": "ghp_" + "C4nary" * 6,
+    "openai": "sk-proj-" + "Zc4n4ryT0ken" * 4,
+    "password": "s3cr3t-canary-pw-9x",
+}
+ECHO = "sk-proj-" + "EchoCanary0123456789" * 2 + "abcdefgh"  # the mock LLM echoes it back ([mock:echo-secret])
+
+
+def canary_goal() -> str:
+    """A mission goal carrying every canary, and a mock LLM that answers with ECHO."""
+    return ("write a CSV column summer; creds for the test db: aws " + CANARIES["aws"] + ", token "
+            + CANARIES["github"] + " and key " + CANARIES["openai"]
+            + f" at postgres://app:{CANARIES['password']}@db:5432/x [mock:echo-secret={ECHO}]")
+
+
+def dashboard_queries() -> list[tuple[str, str]]:
+    """Every Grafana panel's PromQL, as an instant query: (dashboard: panel title, expr)."""
+    import json
+
+    def panels(board: dict):
+        for panel in board.get("panels", []):
+            yield panel
+            yield from panel.get("panels", [])
+
+    out = []
+    for path in sorted((Path(__file__).resolve().parents[1] / "observability/grafana/dashboards").glob("*.json")):
+        for panel in panels(json.loads(path.read_text())):
+            out += [(f"{path.name}: {panel.get('title')}",
+                     t["expr"].replace("$__rate_interval", "1m").replace("$__interval", "1m")
+                     .replace("$__range", "15m")) for t in panel.get("targets", []) if t.get("expr")]
+    return out
+
+
+def assert_every_panel_has_data(prom, timeout: float = 60) -> None:
+    """Every dashboard query returns data from ``prom`` (expr -> result list) within ``timeout``:
+    rate() and increase() need two samples of a series, so the scrapes get a little time."""
+    exprs = dashboard_queries()
+    assert len(exprs) > 50
+    deadline = time.monotonic() + timeout
+    while True:
+        empty = [f"{where}: {expr}" for where, expr in exprs if not prom(expr)]
+        if not empty or time.monotonic() > deadline:
+            break
+        time.sleep(5)
+    assert not empty, "panels without data:\n" + "\n".join(empty)
+
+
+class MissionApi:
+    """The REST calls a test makes on a running stack (``api()`` gives an authenticated client)."""
+
+    def api(self) -> httpx.Client:
+        raise NotImplementedError
+
+    def submit(self, goal: str, **body) -> dict:
+        with self.api() as api:
+            resp = api.post("/v1/missions", json={"goal": goal, **body})
+            assert resp.status_code == 201, resp.text
+            return resp.json()
+
+    def mission(self, mission_id: str) -> dict:
+        with self.api() as api:
+            return api.get(f"/v1/missions/{mission_id}").json()
+
+    def wait_status(self, mission_id: str, statuses: set[str] | str, timeout: float = 90.0) -> dict:
+        statuses = {statuses} if isinstance(statuses, str) else statuses
+        deadline = time.monotonic() + timeout
+        m = {}
+        while time.monotonic() < deadline:
+            try:
+                m = self.mission(mission_id)
+            except (httpx.HTTPError, ValueError) as exc:  # the orchestrator restarting
+                m = {"error": f"{type(exc).__name__}: {exc}"}
+            # A just-restarted orchestrator answers HTTP before its engine is attached to the bus:
+            # an answer without a status is "not yet", not a verdict.
+            if m.get("status") in statuses:
+                return m
+            time.sleep(0.2)
+        raise AssertionError(f"mission {mission_id} is {m.get('status')} after {timeout}s, wanted {statuses}: {m}")
+
+    def timeline(self, mission_id: str) -> list[dict]:
+        with self.api() as api:
+            return api.get(f"/v1/missions/{mission_id}/timeline").json()["events"]
 
 
 @dataclass
-class ServiceStack:
+class ServiceStack(MissionApi):
     root: Path
     nats: NatsServer
     env: dict[str, str] = field(default_factory=dict)
@@ -84,6 +169,7 @@ class ServiceStack:
             env.pop("COO_NATS_PASSWORD_FILE", None)
         env.update({
             "COO_API_TOKEN": TEST_TOKEN,
+            "COO_API_READ_TOKEN": TEST_READ_TOKEN,
             "COO_DATA_DIR": str(self.root / "data" / c.name),
             "OTEL_EXPORTER_OTLP_ENDPOINT": os.environ.get("COO_TEST_OTLP_ENDPOINT", "http://127.0.0.1:9"),
             "COO_BUDGET_RESERVATION_TTL_SECONDS": "30",
@@ -91,7 +177,7 @@ class ServiceStack:
         env.update(self.env)
         return env
 
-    def start(self, name: str | None = None, timeout: float = 30.0) -> "ServiceStack":
+    def start(self, name: str | None = None, timeout: float = 30.0) -> ServiceStack:
         names = [name] if name else list(self.services)
         for n in names:
             c = self.parts[n]
@@ -128,7 +214,8 @@ class ServiceStack:
         last = ""
         while time.monotonic() < deadline:
             try:
-                resp = httpx.get(self.url("orchestrator", "/v1/missions/m-engine-probe"), timeout=2)
+                resp = httpx.get(self.url("orchestrator", "/v1/missions/m-engine-probe"), timeout=2,
+                                 headers={"Authorization": f"Bearer {TEST_READ_TOKEN}"})
                 last = resp.text
                 if resp.status_code == 404 and "Error" not in last:
                     return
@@ -168,36 +255,6 @@ class ServiceStack:
         return httpx.Client(base_url=self.url("orchestrator"), timeout=10,
                             headers={"Authorization": f"Bearer {TEST_TOKEN}"})
 
-    def submit(self, goal: str, **body) -> dict:
-        with self.api() as api:
-            resp = api.post("/v1/missions", json={"goal": goal, **body})
-            assert resp.status_code == 201, resp.text
-            return resp.json()
-
-    def mission(self, mission_id: str) -> dict:
-        with self.api() as api:
-            return api.get(f"/v1/missions/{mission_id}").json()
-
-    def wait_status(self, mission_id: str, statuses: set[str] | str, timeout: float = 90.0) -> dict:
-        statuses = {statuses} if isinstance(statuses, str) else statuses
-        deadline = time.monotonic() + timeout
-        m = {}
-        while time.monotonic() < deadline:
-            try:
-                m = self.mission(mission_id)
-            except (httpx.HTTPError, ValueError) as exc:  # the orchestrator restarting
-                m = {"error": f"{type(exc).__name__}: {exc}"}
-            # A just-restarted orchestrator answers HTTP before its engine is attached to the bus:
-            # an answer without a status is "not yet", not a verdict.
-            if m.get("status") in statuses:
-                return m
-            time.sleep(0.2)
-        raise AssertionError(f"mission {mission_id} is {m.get('status')} after {timeout}s, wanted {statuses}: {m}")
-
-    def timeline(self, mission_id: str) -> list[dict]:
-        with self.api() as api:
-            return api.get(f"/v1/missions/{mission_id}/timeline").json()["events"]
-
 
 def missing_stack_tools() -> str:
     """Why the whole embedded stack cannot start here ('' when it can)."""
@@ -221,6 +278,7 @@ def embedded_stack(root: Path, env: dict[str, str] | None = None):
         **(env or {}),
     })
     os.environ.pop("COO_API_TOKEN", None)
+    os.environ.pop("COO_API_READ_TOKEN", None)
     try:
         supervisor.start(s, components(s))
         supervisor.wait_healthy(s, timeout=120)

@@ -13,19 +13,13 @@ import httpx
 import pytest
 
 from coo.stack import supervisor
-from coo.stack.components import REPO_ROOT, StackSettings
+from coo.stack.components import StackSettings
+from tests.harness import CANARIES, ECHO, assert_every_panel_has_data, canary_goal
 
 pytestmark = pytest.mark.stack
 
-CANARIES = {
-    "aws": "AKIAQ3CANARY7EXAMPLE",
-    "github": "ghp_" + "C4nary" * 6,
-    "openai": "sk-proj-" + "Zc4n4ryT0ken" * 4,
-    "password": "s3cr3t-canary-pw-9x",
-}
 REQUIRED_SPANS = {"invoke_workflow coo.mission", "invoke_agent coo", "invoke_agent engineer", "invoke_agent qa",
                   "execute sandbox"}
-ECHO = "sk-proj-" + "EchoCanary0123456789" * 2 + "abcdefgh"
 
 
 @pytest.fixture(scope="module")
@@ -175,36 +169,11 @@ def test_prometheus_has_the_metrics_and_every_dashboard_panel_returns_data(stack
         while not stack.prom(metric):
             assert time.monotonic() < deadline, f"{metric} never reached Prometheus"
             time.sleep(2)
-    exprs = []
-    for path in sorted((REPO_ROOT / "observability/grafana/dashboards").glob("*.json")):
-        for panel in _panels(json.loads(path.read_text())):
-            exprs += [(f"{path.name}: {panel.get('title')}", t["expr"]) for t in panel.get("targets", []) if t.get("expr")]
-    assert len(exprs) > 50
-    # rate() and increase() need two samples of a series: give the scrapes a little time
-    deadline = time.monotonic() + 60
-    while True:
-        empty = [f"{where}: {expr}" for where, expr in exprs if not stack.prom(_instant(expr))]
-        if not empty or time.monotonic() > deadline:
-            break
-        time.sleep(5)
-    assert not empty, "panels without data:\n" + "\n".join(empty)
-
-
-def _panels(board: dict):
-    for panel in board.get("panels", []):
-        yield panel
-        yield from panel.get("panels", [])
-
-
-def _instant(expr: str) -> str:
-    return expr.replace("$__rate_interval", "1m").replace("$__interval", "1m").replace("$__range", "15m")
+    assert_every_panel_has_data(stack.prom, timeout=60)
 
 
 def test_canary_secrets_reach_no_sink(stack):
-    goal = ("write a CSV column summer; creds for the test db: aws " + CANARIES["aws"] + ", token "
-            + CANARIES["github"] + " and key " + CANARIES["openai"]
-            + f" at postgres://app:{CANARIES['password']}@db:5432/x [mock:echo-secret={ECHO}]")
-    m = stack.submit(goal)
+    m = stack.submit(canary_goal())
     done = stack.wait(m["mission_id"], {"completed", "failed"})
     assert done["status"] == "completed", done
     _wait_trace(stack, m["mission_id"])

@@ -22,6 +22,8 @@ from pathlib import Path
 import httpx
 from coo.common.natsserver import free_port
 
+from tests.harness import MissionApi
+
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
 DOCKERD = "/usr/sbin/dockerd"
@@ -144,7 +146,7 @@ def build_images(engine: Engine) -> dict[str, float]:
 
 
 @dataclass
-class ComposeStack:
+class ComposeStack(MissionApi):
     engine: Engine
     compose_bin: str
     root: Path
@@ -255,29 +257,6 @@ class ComposeStack:
     def api(self) -> httpx.Client:
         return httpx.Client(base_url=self.url("COO_ORCHESTRATOR_PORT"), timeout=15,
                             headers={"Authorization": f"Bearer {self.token}"})
-
-    def submit(self, goal: str, **body) -> dict:
-        with self.api() as api:
-            resp = api.post("/v1/missions", json={"goal": goal, **body})
-            assert resp.status_code == 201, resp.text
-            return resp.json()
-
-    def mission(self, mission_id: str) -> dict:
-        with self.api() as api:
-            return api.get(f"/v1/missions/{mission_id}").json()
-
-    def wait(self, mission_id: str, statuses: set[str], timeout: float = 180) -> dict:
-        deadline = time.monotonic() + timeout
-        m: dict = {}
-        while time.monotonic() < deadline:
-            try:
-                m = self.mission(mission_id)
-            except (httpx.HTTPError, ValueError) as exc:  # a restarting orchestrator
-                m = {"error": str(exc)}
-            if m.get("status") in statuses:
-                return m
-            time.sleep(0.5)
-        raise AssertionError(f"mission {mission_id} not in {statuses} after {timeout}s: {m}")
 
     def prom(self, expr: str) -> list:
         resp = httpx.get(self.url("COO_PROMETHEUS_PORT", "/api/v1/query"), params={"query": expr}, timeout=10)

@@ -17,17 +17,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.compose.engine import DOCKER, LEFT_OUT, PROJECT, REPO, ComposeStack, _log
+from tests.compose.engine import DOCKER, LEFT_OUT, PROJECT, ComposeStack, _log
+from tests.harness import CANARIES, ECHO, assert_every_panel_has_data, canary_goal
 
 FIVE = ("orchestrator", "agent", "budget", "sandbox", "mockllm")
 LABEL = "coo.sandbox.run_id"
-CANARIES = {
-    "aws": "AKIAQ3CANARY7EXAMPLE",
-    "github": "ghp_" + "C4nary" * 6,
-    "openai": "sk-proj-" + "Zc4n4ryT0ken" * 4,
-    "password": "s3cr3t-canary-pw-9x",
-}
-ECHO = "sk-proj-" + "EchoCanary0123456789" * 2 + "abcdefgh"
 SEEN: dict[str, dict] = {}  # what one test leaves for a later one (they run in order)
 
 
@@ -85,7 +79,7 @@ def test_a_mission_runs_its_code_on_the_docker_backend_in_a_locked_down_containe
     watcher.start()
     time.sleep(0.5)
     m = stack.submit("write a FizzBuzz function with tests")
-    done = stack.wait(m["mission_id"], {"completed", "failed", "budget_exceeded", "cancelled"})
+    done = stack.wait_status(m["mission_id"], {"completed", "failed", "budget_exceeded", "cancelled"})
     assert done["status"] == "completed", done
     assert done["last_sandbox_result"]["backend"] == "docker", done["last_sandbox_result"]
     assert done["last_sandbox_result"]["outcome"] == "ok", done["last_sandbox_result"]
@@ -122,7 +116,7 @@ def test_a_mission_runs_its_code_on_the_docker_backend_in_a_locked_down_containe
 
 def test_one_trace_per_mission_with_all_four_services(stack: ComposeStack):
     m = SEEN.get("mission") or stack.submit("write a FizzBuzz function with tests")
-    stack.wait(m["mission_id"], {"completed"})
+    stack.wait_status(m["mission_id"], {"completed"})
 
     def complete():
         traces = stack.traces_of(m["mission_id"])
@@ -141,7 +135,7 @@ def test_one_trace_per_mission_with_all_four_services(stack: ComposeStack):
 
 def test_budget_exceeded_reaches_the_orchestrators_webhook(stack: ComposeStack):
     m = stack.submit("write a word counter [mock:expensive]", budget_usd=0.05)
-    assert stack.wait(m["mission_id"], {"budget_exceeded", "completed", "failed"})["status"] == "budget_exceeded"
+    assert stack.wait_status(m["mission_id"], {"budget_exceeded", "completed", "failed"})["status"] == "budget_exceeded"
     am = stack.url("COO_ALERTMANAGER_PORT", "/api/v2/alerts")
 
     def fired():
@@ -154,38 +148,13 @@ def test_budget_exceeded_reaches_the_orchestrators_webhook(stack: ComposeStack):
 
 def test_every_dashboard_panel_query_returns_data_from_the_compose_prometheus(stack: ComposeStack):
     m = stack.submit("write a Fibonacci function with tests [mock:flaky]")
-    stack.wait(m["mission_id"], {"completed", "failed"})
-    exprs = []
-    for path in sorted((REPO / "observability/grafana/dashboards").glob("*.json")):
-        for panel in _panels(json.loads(path.read_text())):
-            exprs += [(f"{path.name}: {panel.get('title')}", t["expr"]) for t in panel.get("targets", [])
-                      if t.get("expr")]
-    assert len(exprs) > 50
-    deadline = time.monotonic() + 90
-    while True:
-        empty = [f"{where}: {expr}" for where, expr in exprs if not stack.prom(_instant(expr))]
-        if not empty or time.monotonic() > deadline:
-            break
-        time.sleep(5)
-    assert not empty, "panels without data:\n" + "\n".join(empty)
-
-
-def _panels(board: dict):
-    for panel in board.get("panels", []):
-        yield panel
-        yield from panel.get("panels", [])
-
-
-def _instant(expr: str) -> str:
-    return expr.replace("$__rate_interval", "1m").replace("$__interval", "1m").replace("$__range", "15m")
+    stack.wait_status(m["mission_id"], {"completed", "failed"})
+    assert_every_panel_has_data(stack.prom, timeout=90)
 
 
 def test_canary_secrets_reach_no_sink(stack: ComposeStack, tmp_path: Path):
-    goal = ("write a CSV column summer; creds for the test db: aws " + CANARIES["aws"] + ", token "
-            + CANARIES["github"] + " and key " + CANARIES["openai"]
-            + f" at postgres://app:{CANARIES['password']}@db:5432/x [mock:echo-secret={ECHO}]")
-    m = stack.submit(goal)
-    done = stack.wait(m["mission_id"], {"completed", "failed"})
+    m = stack.submit(canary_goal())
+    done = stack.wait_status(m["mission_id"], {"completed", "failed"})
     assert done["status"] == "completed", done
     _until("the canary mission's trace", lambda: stack.traces_of(m["mission_id"]), timeout=60)
     time.sleep(6)  # the collector's file exporter and Prometheus catch up
@@ -233,7 +202,7 @@ def test_compose_restart_of_a_service_loses_no_mission(stack: ComposeStack, serv
     stack.wait_healthy(180)
     stack.wait_ready(180)
     for m in missions:
-        done = stack.wait(m["mission_id"], {"completed", "failed", "cancelled", "budget_exceeded"}, timeout=240)
+        done = stack.wait_status(m["mission_id"], {"completed", "failed", "cancelled", "budget_exceeded"}, timeout=240)
         assert done["status"] == "completed", (service, done)
 
 
@@ -248,7 +217,7 @@ def test_a_sandbox_run_that_cannot_start_keeps_its_cause(stack: ComposeStack):
         stack.wait_healthy(180)
         stack.wait_ready(180)
         m = stack.submit("write a FizzBuzz function with tests")
-        done = stack.wait(m["mission_id"], {"completed", "failed", "cancelled", "budget_exceeded"}, timeout=240)
+        done = stack.wait_status(m["mission_id"], {"completed", "failed", "cancelled", "budget_exceeded"}, timeout=240)
         assert done["status"] == "failed", done
         run = done["last_sandbox_result"]
         cause = "unable to find user sandbox"
@@ -284,7 +253,7 @@ def test_a_daily_budget_alert_closes_admission(stack: ComposeStack):
     stack.compose("up", "-d", "--no-build", "--pull", "never", "--no-deps", "budget", timeout=180)
     stack.wait_healthy(180)
     m = stack.submit("write a stack class with tests")
-    assert stack.wait(m["mission_id"], {"budget_exceeded", "completed", "failed"})["status"] == "budget_exceeded"
+    assert stack.wait_status(m["mission_id"], {"budget_exceeded", "completed", "failed"})["status"] == "budget_exceeded"
 
     def closed():
         with stack.api() as api:
