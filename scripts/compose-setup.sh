@@ -13,6 +13,8 @@
 #      $CACHE/compose-<sha256(version + excludes + go version):12>/docker-compose
 #    with CACHE=${COO_TOOLS_CACHE:-$HOME/.cache/coo/tools} (the same cache as scripts/build-tools.sh).
 #    A first build takes about a minute; later calls a fraction of a second.
+# 3. The Debian root file system of the stand-in images (tests/compose_standins.sh --rootfs: debootstrap,
+#    ~2 min the first time, then cached by its recipe in the same cache).
 # Progress goes to stderr; stdout carries only the compose path.
 set -euo pipefail
 
@@ -116,7 +118,13 @@ case ${1:-} in
     --check)
         [[ -z $(missing_packages) ]] || exit 3
         command -v go >/dev/null 2>&1 && [[ -x $(compose_dir)/docker-compose ]] || exit 3
+        compgen -G "$CACHE/rootfs-*.tar" >/dev/null || exit 3
         ;;
-    "") install_packages; ensure_compose ;;
+    "")
+        install_packages
+        bin=$(ensure_compose)
+        bash "$(dirname "$0")/../tests/compose_standins.sh" --rootfs >/dev/null
+        printf '%s\n' "$bin"
+        ;;
     *) sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 esac

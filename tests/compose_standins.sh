@@ -3,6 +3,8 @@
 #
 #   tests/compose_standins.sh            build every stand-in into the engine at $DOCKER_HOST
 #   tests/compose_standins.sh --list     print "tag<TAB>what it is" for each stand-in
+#   tests/compose_standins.sh --rootfs   make the cached root file system if missing; print its path
+#                                        (scripts/compose-setup.sh runs this before the test)
 #
 # The upstream images (nats, otel/opentelemetry-collector-contrib, jaegertracing/jaeger,
 # prom/prometheus, prom/alertmanager and the python base images of services/Dockerfile and
@@ -243,6 +245,7 @@ EOF
 
 case ${1:-} in
     --list) list ;;
+    --rootfs) rootfs_tar; echo ;;
     "") main ;;
-    *) sed -n '3,5p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+    *) sed -n '3,7p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 esac

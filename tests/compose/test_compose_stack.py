@@ -22,6 +22,8 @@ from tests.harness import CANARIES, ECHO, assert_every_panel_has_data, canary_go
 
 FIVE = ("orchestrator", "agent", "budget", "sandbox", "mockllm")
 LABEL = "coo.sandbox.run_id"
+# the first test also pays for the session's set-up (image builds, compose up)
+pytestmark = pytest.mark.timeout(900)
 SEEN: dict[str, dict] = {}  # what one test leaves for a later one (they run in order)
 
 
