@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
+import subprocess
+import sys
 import time
 
 import httpx
@@ -157,6 +160,14 @@ def test_the_service_logs_its_backend_and_each_errors_cause_and_health_shows_it(
                 return await asyncio.wait_for(got, 30)
             finally:
                 await nc.close()
+
+        # `coo health` prints the same in its sandbox row (the other checks fail here: no stack)
+        env = {**os.environ, "COO_SANDBOX_PORT": str(port), "COO_STATE_DIR": str(tmp_path / "state")}
+        shown = subprocess.run([sys.executable, "-m", "coo.cli", "health", "--json"], capture_output=True, text=True,
+                               env=env, timeout=120, check=False)
+        row = next(c for c in json.loads(shown.stdout)["checks"] if c["check"] == "sandbox")
+        assert not row["ok"]
+        assert row["detail"].startswith("backend: docker (COO_SANDBOX_BACKEND=docker): no Docker engine answers"), row
 
         result = asyncio.run(one_run())
         assert result.outcome == sandbox_pb2.SANDBOX_OUTCOME_ERROR and result.error.startswith("no Docker engine")

@@ -251,19 +251,23 @@ def _http_check(url: str, timeout: float = 2.0, want_json_status: bool = False) 
         resp = httpx.get(url, timeout=timeout)
     except httpx.HTTPError as exc:
         return False, f"{url}: {type(exc).__name__} {str(exc)[:120]}".strip()
-    if resp.status_code >= 400:
-        detail = resp.text.strip().replace("\n", " ")[:160]
-        return False, f"{url}: HTTP {resp.status_code} {detail}"
     if want_json_status:
+        # a readiness answer (200 ready, 503 not): its checks say what is wrong (e.g. which sandbox
+        # backend is in use and why it does not work), in full
         try:
             body = resp.json()
             checks = body.get("checks") or {}
             bad = [f"{k}: {v.get('detail')}" for k, v in checks.items() if isinstance(v, dict) and not v.get("ok")]
             if bad:
                 return False, "; ".join(bad)
-            return True, ", ".join(f"{k} {v.get('detail')}" for k, v in checks.items() if isinstance(v, dict)) or "ready"
-        except ValueError:
+            if resp.status_code < 400:
+                return True, ", ".join(f"{k} {v.get('detail')}" for k, v in checks.items()
+                                       if isinstance(v, dict)) or "ready"
+        except (ValueError, AttributeError):
             pass
+    if resp.status_code >= 400:
+        detail = resp.text.strip().replace("\n", " ")[:160]
+        return False, f"{url}: HTTP {resp.status_code} {detail}"
     return True, f"HTTP {resp.status_code}"
 
 
