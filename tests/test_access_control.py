@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import io
 import json
+import os
 import re
 import shutil
 import signal
@@ -578,7 +579,7 @@ def _example(schema: dict, spec: dict):
 
 
 def test_every_mutating_route_needs_the_bearer_token(stack):
-    from tests.harness import TEST_TOKEN
+    from tests.harness import TEST_READ_TOKEN, TEST_TOKEN
 
     base = stack.url("orchestrator")
     spec = httpx.get(base + "/openapi.json", timeout=5).json()
@@ -602,11 +603,99 @@ def test_every_mutating_route_needs_the_bearer_token(stack):
                 resp = c.request(method, url, json=body, headers=headers)
                 if resp.status_code != 401:
                     failures.append(f"{method} {path} with {why} token: {resp.status_code}")
+            # the read-only token is known but not enough: 403, saying which token it takes
+            ro = c.request(method, url, json=body, headers={"Authorization": f"Bearer {TEST_READ_TOKEN}"})
+            if ro.status_code != 403 or "read-only" not in ro.json().get("detail", ""):
+                failures.append(f"{method} {path} with the read-only token: {ro.status_code} {ro.text[:100]}")
             # the right token gets past authentication (whatever the request then says)
             ok = c.request(method, url, json=body, headers={"Authorization": f"Bearer {TEST_TOKEN}"})
             if ok.status_code in (401, 403):
                 failures.append(f"{method} {path} refuses the right token: {ok.status_code}")
     assert not failures, failures
+
+
+#: What answers without a token: the probes, the metrics and the API's own description.
+OPEN_PATHS = ("/healthz", "/readyz", "/metrics", "/docs", "/openapi.json")
+
+
+def test_every_read_needs_a_token_and_the_read_only_token_is_enough(stack):
+    from tests.harness import TEST_READ_TOKEN, TEST_TOKEN
+
+    base = stack.url("orchestrator")
+    spec = httpx.get(base + "/openapi.json", timeout=5).json()
+    reads = sorted(path for path, ops in spec["paths"].items() if "get" in ops)
+    assert set(reads) == {
+        "/v1/missions", "/v1/missions/{mission_id}", "/v1/missions/{mission_id}/timeline",
+        "/v1/missions/{mission_id}/workspace", "/v1/missions/{mission_id}/workspace/files/{name}",
+        "/v1/missions/{mission_id}/workspace.tar.gz", "/v1/dlq", "/v1/budget", "/v1/status",
+        "/v1/system/timeline"}, reads
+    done = stack.wait_status(stack.submit("write a FizzBuzz function with tests")["mission_id"],
+                             {"completed", "failed"})
+    assert done["status"] == "completed", done
+    with stack.api() as api:
+        name = api.get(f"/v1/missions/{done['mission_id']}/workspace").json()["files"][0]["name"]
+    bad = {"no token": {}, "wrong token": {"Authorization": "Bearer " + "y" * len(TEST_READ_TOKEN)},
+           "read token, one character off": {"Authorization": "Bearer " + TEST_READ_TOKEN[:-1] + "?"},
+           "other scheme": {"Authorization": "Basic " + TEST_READ_TOKEN}}
+    good = {"read-only": TEST_READ_TOKEN, "operator": TEST_TOKEN}
+    failures = []
+    with httpx.Client(base_url=base, timeout=10) as c:
+        for path in reads:
+            url = path.replace("{mission_id}", done["mission_id"]).replace("{name}", name)
+            for why, headers in bad.items():
+                resp = c.get(url, headers=headers)
+                if resp.status_code != 401 or resp.headers.get("www-authenticate") != "Bearer":
+                    failures.append(f"GET {path} with {why}: {resp.status_code}")
+                elif done["mission_id"] in resp.text or "FizzBuzz" in resp.text:
+                    failures.append(f"GET {path} with {why} tells something of the mission: {resp.text[:100]}")
+            for who, token in good.items():
+                resp = c.get(url, headers={"Authorization": f"Bearer {token}"})
+                if resp.status_code != 200:
+                    failures.append(f"GET {path} with the {who} token: {resp.status_code} {resp.text[:100]}")
+        for path in OPEN_PATHS:
+            if (code := c.get(path).status_code) != 200:
+                failures.append(f"GET {path} without a token: {code} (it stays open)")
+    assert not failures, failures
+
+
+def test_the_cli_reads_with_the_read_only_token_and_says_why_it_cannot_change_anything(stack, tmp_path):
+    from tests.harness import TEST_READ_TOKEN
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COO_API_TOKEN")}
+    env.update({"COO_API_URL": stack.url("orchestrator"), "COO_STATE_DIR": str(tmp_path),  # no token files here
+                "COO_API_READ_TOKEN": TEST_READ_TOKEN})
+
+    def coo(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "coo.cli", *args], check=False, capture_output=True, text=True,
+                              env=env, timeout=60)
+
+    listed = coo("missions", "--json")
+    assert listed.returncode == 0, listed.stderr
+    mission_id = json.loads(listed.stdout)["missions"][0]["mission_id"]
+    assert coo("mission", mission_id, "--json").returncode == 0
+    assert coo("budget", "--json").returncode == 0
+    refused = coo("cancel", mission_id, "--reason", "read-only")
+    assert refused.returncode == 1 and "HTTP 403" in refused.stderr and "read-only" in refused.stderr, refused.stderr
+    assert "Traceback" not in refused.stderr
+    del env["COO_API_READ_TOKEN"]
+    none = coo("missions")
+    assert none.returncode == 1 and "no API token" in none.stderr, none.stderr
+
+
+def test_the_read_only_token_is_generated_beside_the_operators_and_never_equal_to_it(tmp_path, monkeypatch):
+    from coo.orchestrator.settings import OrchestratorSettings
+
+    for var in ("COO_API_TOKEN", "COO_API_TOKEN_FILE", "COO_API_READ_TOKEN", "COO_API_READ_TOKEN_FILE"):
+        monkeypatch.delenv(var, raising=False)
+    s = OrchestratorSettings(data_dir=tmp_path)
+    operator, reader = s.resolve_api_token(), s.resolve_api_read_token()
+    assert len(reader) >= 40 and reader != operator
+    path = tmp_path / "api-read-token"
+    assert path.read_text() == reader and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert OrchestratorSettings(data_dir=tmp_path).resolve_api_read_token() == reader  # kept across restarts
+    monkeypatch.setenv("COO_API_READ_TOKEN", operator)
+    with pytest.raises(ValueError, match="give reads a token of their own"):
+        OrchestratorSettings(data_dir=tmp_path).resolve_api_read_token()
 
 
 # ======================================================================= committed files

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from coo.common.natsserver import NatsServer
-from tests.harness import TEST_TOKEN, ServiceStack
+from tests.harness import TEST_READ_TOKEN, TEST_TOKEN, ServiceStack
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed (make test installs it)")
 
@@ -192,8 +192,8 @@ def test_bad_api_input_gets_clear_4xx(stack):
     base = stack.url("orchestrator")
     auth = {"Authorization": f"Bearer {TEST_TOKEN}"}
     with httpx.Client(base_url=base, timeout=10) as c:
-        assert c.get("/v1/missions/m-does-not-exist").status_code == 404
-        assert c.get("/v1/missions/" + "x" * 500).status_code == 404
+        assert c.get("/v1/missions/m-does-not-exist", headers=auth).status_code == 404
+        assert c.get("/v1/missions/" + "x" * 500, headers=auth).status_code == 404
         assert c.post("/v1/missions", json={"goal": "x"}).status_code == 401
         assert c.post("/v1/missions", json={"goal": "x"}, headers={"Authorization": "Bearer wrong"}).status_code == 401
         assert c.post("/v1/missions", json={"goal": "x"}, headers={"Authorization": "Basic abc"}).status_code == 401
@@ -205,8 +205,8 @@ def test_bad_api_input_gets_clear_4xx(stack):
                       ).status_code == 422
         assert c.post("/v1/missions/m-nope/control", json={"action": "pause"}, headers=auth).status_code == 404
         assert c.post("/v1/missions/m-nope/control", json={"action": "explode"}, headers=auth).status_code == 422
-        assert c.get("/v1/missions", params={"status": "nonsense"}).status_code == 422
-        assert c.get("/v1/missions", params={"limit": 0}).status_code == 422
+        assert c.get("/v1/missions", params={"status": "nonsense"}, headers=auth).status_code == 422
+        assert c.get("/v1/missions", params={"limit": 0}, headers=auth).status_code == 422
         assert c.get("/openapi.json").json()["info"]["title"] == "COO orchestrator"
 
 
@@ -254,7 +254,9 @@ def test_budget_alert_webhook_closes_admission_in_its_scope(stack):
         refused = api.post("/v1/missions", json={"goal": "write a FizzBuzz function"})
         assert refused.status_code == 429 and "daily budget is exhausted" in refused.json()["detail"]
         assert refused.headers["Retry-After"]
-        env = {**os.environ, "COO_API_URL": stack.url("orchestrator")}
+        # the CLI as a read-only operator: the read token is enough to see admission closed
+        env = {**os.environ, "COO_API_URL": stack.url("orchestrator"), "COO_API_READ_TOKEN": TEST_READ_TOKEN}
+        env.pop("COO_API_TOKEN", None)
         shown = subprocess.run([sys.executable, "-m", "coo.cli", "status"], capture_output=True, text=True,
                                env=env, timeout=60)
         assert "closed for the daily budget" in shown.stdout

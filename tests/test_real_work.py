@@ -78,7 +78,7 @@ def test_a_dependent_multi_task_mission_builds_one_workspace(stack, tmp_path):
     tests = subprocess.run([sys.executable, "-m", "unittest", "-q"], cwd=out, capture_output=True, text=True,
                            timeout=60, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
     assert tests.returncode == 0 and re.search(r"Ran \d+ tests", tests.stderr), tests.stderr
-    with httpx.Client(base_url=stack.url("orchestrator")) as api:
+    with stack.api() as api:
         one = api.get(f"/v1/missions/{mid}/workspace/files/rpn.py")
         assert one.status_code == 200 and "from stack import Stack" in one.text
         assert api.get(f"/v1/missions/{mid}/workspace/files/nope.py").status_code == 404
@@ -92,7 +92,7 @@ def test_a_dependent_multi_task_mission_builds_one_workspace(stack, tmp_path):
 def test_a_dependent_mission_completes_on_every_provider_personality(stack, provider):
     done = _run(stack, f"{INVENTORY} [mock:provider={provider}]")
     assert done["status"] == "completed", done
-    with httpx.Client(base_url=stack.url("orchestrator")) as api:
+    with stack.api() as api:
         files = {f["name"] for f in api.get(f"/v1/missions/{done['mission_id']}/workspace").json()["files"]}
     assert {"inventory.py", "ledger.py", "report.py"} <= files
     if provider == "deepseek":  # learnt and shown once: the agent's health says what it asks for now
@@ -121,7 +121,7 @@ def test_a_lazy_mission_that_runs_no_test_does_not_complete(stack):
 def test_a_retry_starts_from_the_workspace_before_the_task(stack):
     done = _run(stack, f"{RPN} [mock:flaky]")
     assert done["status"] == "completed" and done["retries"] == 3, done
-    with httpx.Client(base_url=stack.url("orchestrator")) as api:
+    with stack.api() as api:
         view = api.get(f"/v1/missions/{done['mission_id']}/workspace").json()
     assert [(v["task_id"][-2:], v["attempt"], v["outcome"]) for v in view["versions"]] == [
         ("t0", 1, "rejected"), ("t0", 2, "passed"), ("t1", 1, "rejected"), ("t1", 2, "passed"),
@@ -168,6 +168,6 @@ def test_backpressure_fires_with_the_defaults_and_resume_accepts_it(stack):
 
 
 def test_a_workspace_file_path_cannot_escape(stack):
-    with httpx.Client(base_url=stack.url("orchestrator")) as api:
+    with stack.api() as api:
         mid = api.get("/v1/missions", params={"limit": 1}).json()["missions"][0]["mission_id"]
         assert api.get(f"/v1/missions/{mid}/workspace/files/..%2F..%2Fetc%2Fpasswd").status_code == 404

@@ -16,22 +16,44 @@ def api_url() -> str:
     return os.environ.get("COO_API_URL") or StackSettings().url(StackSettings().orchestrator_port)
 
 
-def api_token() -> str | None:
-    """COO_API_TOKEN, else the token file the local orchestrator wrote (COO_API_TOKEN_FILE)."""
-    token = os.environ.get("COO_API_TOKEN")
-    if token:
-        return token
-    path = Path(os.environ.get("COO_API_TOKEN_FILE") or (StackSettings().state / "data" / "api-token"))
+def _token(var: str, default_file: str, *, files: bool = True) -> str | None:
+    token = os.environ.get(var, "").strip()
+    if token or not files:
+        return token or None
+    path = Path(os.environ.get(f"{var}_FILE") or (StackSettings().state / "data" / default_file))
     try:
         return path.read_text().strip() or None
     except OSError:
         return None
 
 
+def api_token() -> str | None:
+    """COO_API_TOKEN, else the token file the local orchestrator wrote (COO_API_TOKEN_FILE)."""
+    return _token("COO_API_TOKEN", "api-token")
+
+
+def api_read_token() -> str | None:
+    """COO_API_READ_TOKEN, else the read-only token file (COO_API_READ_TOKEN_FILE)."""
+    return _token("COO_API_READ_TOKEN", "api-read-token")
+
+
+def cli_token() -> str | None:
+    """The token the CLI sends on every call: a token set in the environment (the operator's, else
+    the read-only one) before a token file (the operator's, else the read-only one)."""
+    return (_token("COO_API_TOKEN", "api-token", files=False) or _token("COO_API_READ_TOKEN", "", files=False)
+            or api_token() or api_read_token())
+
+
+def auth_headers() -> dict[str, str]:
+    """``Authorization: Bearer`` with :func:`cli_token` (none when there is no token at all)."""
+    token = cli_token()
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 class Api:
     def __init__(self, base_url: str | None = None, token: str | None = None, timeout: float = 10.0) -> None:
         self.base_url = base_url or api_url()
-        self._token = token if token is not None else api_token()
+        self._token = token if token is not None else cli_token()
         self._http = httpx.Client(base_url=self.base_url, timeout=timeout)
 
     def close(self) -> None:
@@ -43,13 +65,12 @@ class Api:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _call(self, method: str, path: str, *, mutating: bool = False, hints: dict[int, str] | None = None,
+    def _call(self, method: str, path: str, *, hints: dict[int, str] | None = None,
               raw: bool = False, **kwargs: Any) -> Any:
-        headers = {}
-        if mutating:
-            if not self._token:
-                raise CliError("no API token", "set COO_API_TOKEN, or start the local stack (`coo up`) which writes one")
-            headers["Authorization"] = f"Bearer {self._token}"
+        if not self._token:
+            raise CliError("no API token", "set COO_API_TOKEN (or COO_API_READ_TOKEN for reads), or start the local "
+                           "stack (`coo up`) which writes them")
+        headers = {"Authorization": f"Bearer {self._token}"}
         try:
             resp = self._http.request(method, path, headers=headers, **kwargs)
         except httpx.ConnectError:
@@ -69,6 +90,7 @@ class Api:
             if isinstance(detail, list):  # FastAPI validation errors
                 detail = "; ".join(f"{'.'.join(str(p) for p in d.get('loc', [])[1:])}: {d.get('msg')}" for d in detail)
             hint = {401: "check COO_API_TOKEN (or the token file of the local stack)",
+                    403: "this is the read-only token: changes need the operator's (COO_API_TOKEN)",
                     404: "list missions with `coo missions`",
                     409: "see the mission's state with `coo mission ID`",
                     429: "the system is busy or a budget is exhausted; see `coo status`",
@@ -90,4 +112,4 @@ class Api:
                           params={k: v for k, v in params.items() if v is not None})
 
     def post(self, path: str, body: dict | None = None, hints: dict[int, str] | None = None) -> Any:
-        return self._call("POST", path, mutating=True, hints=hints, json=body or {})
+        return self._call("POST", path, hints=hints, json=body or {})

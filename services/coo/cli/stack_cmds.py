@@ -93,10 +93,10 @@ def down(json_out: bool = typer.Option(False, "--json", help="Machine-readable o
 
 def _admission() -> dict | None:
     """The orchestrator's admission state (closed scopes after a BudgetExceeded alert), if it answers."""
-    from coo.cli.client import api_url
+    from coo.cli.client import api_url, auth_headers
 
     try:
-        return httpx.get(api_url() + "/v1/status", timeout=2).json()
+        return httpx.get(api_url() + "/v1/status", headers=auth_headers(), timeout=2).json()
     except (httpx.HTTPError, ValueError):
         return None
 

@@ -1,7 +1,9 @@
 """The orchestrator's public REST API (FastAPI; the OpenAPI spec is at ``/openapi.json``).
 
-Reads are open on the loopback stack; every mutating call needs ``Authorization: Bearer
-<COO_API_TOKEN>`` (compared in constant time).
+Every call but the probes (``/healthz``, ``/readyz``), ``/metrics`` and the API's own description
+(``/docs``, ``/openapi.json``) needs ``Authorization: Bearer <token>``: the operator's token
+(``COO_API_TOKEN``) for anything, or the read-only token (``COO_API_READ_TOKEN``) for reads only; a
+mutating call with the read-only token gets 403. Tokens are compared in constant time.
 """
 
 from __future__ import annotations
@@ -169,22 +171,39 @@ def budget_scope_view(sc) -> dict[str, Any]:
     }
 
 
-def create_api(engine: Engine, token: str) -> FastAPI:
+OPERATOR, READER = "operator", "reader"
+
+
+def create_api(engine: Engine, token: str, read_token: str | None = None) -> FastAPI:
+    """The API; ``token`` is the operator's (every call), ``read_token`` the read-only one (reads)."""
     app = FastAPI(
         title="COO orchestrator", version=__version__,
-        description="Missions for teams of LLM agents: submit, follow, control. Mutating calls need a bearer token.",
+        description="Missions for teams of LLM agents: submit, follow, control. Every call needs a bearer "
+                    "token: the operator's for anything, the read-only one for reads.",
     )
     bearer = HTTPBearer(auto_error=False)
+    tokens = [(OPERATOR, token.encode())] + ([(READER, read_token.encode())] if read_token else [])
 
-    def require_token(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> str:
+    def who_is(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> str:
         if creds is None or creds.scheme.lower() != "bearer":
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing bearer token (Authorization: Bearer …)",
                                 headers={"WWW-Authenticate": "Bearer"})
-        if not hmac.compare_digest(creds.credentials.encode(), token.encode()):
+        given = creds.credentials.encode()
+        # every token compared, each in constant time: the answer's timing says nothing of which matched
+        matches = [who for who, expected in tokens if hmac.compare_digest(given, expected)]
+        if not matches:
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid token", headers={"WWW-Authenticate": "Bearer"})
-        return "operator"
+        return matches[0]
 
-    errors = {404: {"model": ErrorBody}, 401: {"model": ErrorBody}}
+    def require_token(who: str = Depends(who_is)) -> str:
+        if who != OPERATOR:
+            raise HTTPException(status.HTTP_403_FORBIDDEN, "the read-only token (COO_API_READ_TOKEN) cannot change "
+                                "anything: this call needs the operator's token (COO_API_TOKEN)")
+        return who
+
+    reader = [Depends(who_is)]
+    errors: dict[int | str, dict[str, Any]] = {404: {"model": ErrorBody}, 401: {"model": ErrorBody},
+                                              403: {"model": ErrorBody}}
 
     async def _mission(mission_id: str) -> mission_pb2.Mission:
         if len(mission_id) > 64:
@@ -209,7 +228,7 @@ def create_api(engine: Engine, token: str) -> FastAPI:
         response.headers["Location"] = f"/v1/missions/{m.mission_id}"
         return mission_view(m)
 
-    @app.get("/v1/missions")
+    @app.get("/v1/missions", responses=errors, dependencies=reader)
     async def list_missions(status_: str | None = Query(None, alias="status", pattern="^[a-z_]+$"),
                             since: datetime | None = Query(None, description="ISO-8601; missions created after"),
                             limit: int = Query(50, ge=1, le=1000)):
@@ -233,21 +252,21 @@ def create_api(engine: Engine, token: str) -> FastAPI:
                 break
         return {"missions": out, "count": len(out)}
 
-    @app.get("/v1/missions/{mission_id}", responses=errors)
+    @app.get("/v1/missions/{mission_id}", responses=errors, dependencies=reader)
     async def get_mission(mission_id: str):
         return mission_view(await _mission(mission_id))
 
     candidate_query = Query(False, description="the current attempt's candidate instead of the workspace "
                                                "of passed tasks")
 
-    @app.get("/v1/missions/{mission_id}/workspace", responses=errors)
+    @app.get("/v1/missions/{mission_id}/workspace", responses=errors, dependencies=reader)
     async def get_workspace(mission_id: str, candidate: bool = candidate_query):
         """The mission's workspace (every passed task's files; the mission's result once it is final):
         file list with sizes, and one entry per engineer attempt."""
         return workspace_view(await _mission(mission_id), candidate)
 
     @app.get("/v1/missions/{mission_id}/workspace/files/{name}", responses=errors,
-             response_class=PlainTextResponse)
+             response_class=PlainTextResponse, dependencies=reader)
     async def get_workspace_file(mission_id: str, name: str, candidate: bool = candidate_query):
         """One file of the workspace, as text."""
         m = await _mission(mission_id)
@@ -256,7 +275,7 @@ def create_api(engine: Engine, token: str) -> FastAPI:
             raise HTTPException(404, f"mission {mission_id} has no file {name[:255]!r} in its workspace")
         return PlainTextResponse(content, media_type="text/plain; charset=utf-8")
 
-    @app.get("/v1/missions/{mission_id}/workspace.tar.gz", responses=errors)
+    @app.get("/v1/missions/{mission_id}/workspace.tar.gz", responses=errors, dependencies=reader)
     async def get_workspace_tarball(mission_id: str, candidate: bool = candidate_query):
         """The workspace as a gzip-compressed tar, every file under ``<mission id>/``."""
         m = await _mission(mission_id)
@@ -264,7 +283,7 @@ def create_api(engine: Engine, token: str) -> FastAPI:
         return Response(data, media_type="application/gzip",
                         headers={"Content-Disposition": f'attachment; filename="{m.mission_id}.tar.gz"'})
 
-    @app.get("/v1/missions/{mission_id}/timeline", responses=errors)
+    @app.get("/v1/missions/{mission_id}/timeline", responses=errors, dependencies=reader)
     async def get_timeline(mission_id: str):
         await _mission(mission_id)
         events = await timeline.read(engine.bus, mission_id)
@@ -281,7 +300,7 @@ def create_api(engine: Engine, token: str) -> FastAPI:
             raise HTTPException(409, str(exc)) from None
         return Accepted(control_id=control_id, mission_id=mission_id, action=body.action)
 
-    @app.get("/v1/dlq")
+    @app.get("/v1/dlq", responses=errors, dependencies=reader)
     async def dlq(limit: int = Query(100, ge=1, le=1000)):
         """Dead letters: messages terminated as invalid or past their delivery limit."""
         entries = await engine.bus.dead_letters(limit)
@@ -295,13 +314,13 @@ def create_api(engine: Engine, token: str) -> FastAPI:
         except (LookupError, NatsNotFound, NatsBadRequest):
             raise HTTPException(404, f"no dead letter {dlq_id} (or its original message has expired)") from None
 
-    @app.get("/v1/status")
+    @app.get("/v1/status", responses=errors, dependencies=reader)
     async def admission_status():
         """Admission state: budget scopes closed by the budget-exceeded alert, and until when."""
         blocks = await engine.active_admission_blocks()
         return {"admission": "closed" if blocks else "open", "blocked_scopes": blocks}
 
-    @app.get("/v1/budget", responses={**errors, 503: {"model": ErrorBody}})
+    @app.get("/v1/budget", responses={**errors, 503: {"model": ErrorBody}}, dependencies=reader)
     async def budget(mission_id: str | None = Query(None, max_length=64,
                                                     description="also the scope of this mission")):
         """Spent, reserved and remaining per budget scope (the day, the month, and the mission if asked),
@@ -322,7 +341,7 @@ def create_api(engine: Engine, token: str) -> FastAPI:
             return JSONResponse({"detail": f"the budget service refused: {reply.reason}"}, status_code=503)
         return {"mission_id": mission_id or None, "scopes": [budget_scope_view(sc) for sc in reply.scopes]}
 
-    @app.get("/v1/system/timeline")
+    @app.get("/v1/system/timeline", responses=errors, dependencies=reader)
     async def system_timeline():
         """Events that concern no single mission (admission closed and opened by budget alerts)."""
         from coo.orchestrator.engine import SYSTEM_TIMELINE

@@ -17,7 +17,7 @@ log = get_logger("coo.orchestrator")
 
 def build(settings: OrchestratorSettings) -> tuple[Engine, FastAPI]:
     engine = Engine(None, settings)  # the bus is attached when the service connects
-    app = create_api(engine, settings.resolve_api_token())
+    app = create_api(engine, settings.resolve_api_token(), settings.resolve_api_read_token())
     return engine, app
 
 
@@ -30,7 +30,8 @@ async def serve(settings: OrchestratorSettings | None = None, *, stop: asyncio.E
         engine.bus = ctx.bus
         await engine.start()
         ctx.on_stop.append(engine.stop)
-        log.info("API token file", path=str(settings.token_path()) if settings.api_token is None else "(from env)")
+        log.info("API token files", path=str(settings.token_path()) if settings.api_token is None else "(from env)",
+                 read_only=str(settings.read_token_path()) if settings.api_read_token is None else "(from env)")
 
     await serve_service("orchestrator", settings.orchestrator_port, settings, start, app=app,
                         host=settings.orchestrator_host, stop=stop, install_signals=install_signals)

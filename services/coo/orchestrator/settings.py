@@ -13,8 +13,11 @@ from coo.common.config import CommonSettings
 class OrchestratorSettings(CommonSettings):
     orchestrator_port: int = 8080
     orchestrator_host: str = "127.0.0.1"
-    api_token: SecretStr | None = Field(None, description="bearer token for mutating API calls")
+    api_token: SecretStr | None = Field(None, description="the operator's bearer token: every API call")
     api_token_file: Path | None = Field(None, description="file holding the token (default <data_dir>/api-token)")
+    api_read_token: SecretStr | None = Field(None, description="a read-only bearer token: reads only")
+    api_read_token_file: Path | None = Field(
+        None, description="file holding the read-only token (default <data_dir>/api-read-token)")
     max_retries: int = Field(2, ge=0, le=10, description="engineer retries per task after a failed QA verdict")
     require_approval: bool = Field(False, description="default of the approval gate after planning")
     max_pending_work: int = Field(
@@ -36,17 +39,31 @@ class OrchestratorSettings(CommonSettings):
     def token_path(self) -> Path:
         return self.api_token_file or (self.data_dir / "api-token")
 
+    def read_token_path(self) -> Path:
+        return self.api_read_token_file or (self.data_dir / "api-read-token")
+
     def resolve_api_token(self) -> str:
         """The configured token, else the one in the token file, else a new one written there (0600)."""
-        if self.api_token is not None and self.api_token.get_secret_value():
-            return self.api_token.get_secret_value()
-        path = self.token_path()
-        if path.exists():
-            token = path.read_text().strip()
-            if token:
-                return token
-        path.parent.mkdir(parents=True, exist_ok=True)
-        token = secrets.token_urlsafe(32)
-        path.touch(mode=0o600)
-        path.write_text(token)
+        return _resolve(self.api_token, self.token_path())
+
+    def resolve_api_read_token(self) -> str:
+        """The read-only token, found or made like the operator's; never equal to it."""
+        token = _resolve(self.api_read_token, self.read_token_path())
+        if token == self.resolve_api_token():
+            raise ValueError("COO_API_READ_TOKEN is the operator's token (COO_API_TOKEN): give reads a token "
+                             "of their own, or leave it unset to have one generated")
         return token
+
+
+def _resolve(value: SecretStr | None, path: Path) -> str:
+    if value is not None and value.get_secret_value().strip():
+        return value.get_secret_value().strip()
+    if path.exists():
+        token = path.read_text().strip()
+        if token:
+            return token
+    path.parent.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(32)
+    path.touch(mode=0o600)
+    path.write_text(token)
+    return token
