@@ -12,6 +12,7 @@ import asyncio
 import time
 
 from nats.js.errors import InvalidKeyError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
@@ -65,7 +66,7 @@ class SandboxService:
         self.bus = bus
         self.settings = settings
         self.backend, self.backend_reason = select_backend(settings.sandbox_backend)
-        self.kv = None
+        self.kv: KeyValue  # the run store, bound in start()
         self.executions = 0  # runs this replica actually executed (tests read it from the log)
 
     async def start(self) -> None:
@@ -101,14 +102,14 @@ class SandboxService:
                 entry = await self.kv.get(key)
             except KeyNotFoundError:
                 continue
-            r = sandbox_pb2.SandboxResult.FromString(entry.value)
+            r = sandbox_pb2.SandboxResult.FromString(entry.value or b"")
             if r.outcome == sandbox_pb2.SANDBOX_OUTCOME_UNSPECIFIED and self._deadline_passed(r):
                 if await self._mark_crashed(key, r, entry.revision):
                     marked += 1
         if marked:
             log.warning("runs left running by a crash marked failed", runs=marked)
 
-    async def _mark_crashed(self, key: str, r: sandbox_pb2.SandboxResult, revision: int) -> bool:
+    async def _mark_crashed(self, key: str, r: sandbox_pb2.SandboxResult, revision: int | None) -> bool:
         r.outcome = sandbox_pb2.SANDBOX_OUTCOME_KILLED
         r.error = "the sandbox service stopped while this run was in progress; it was not run again"
         r.finished_at.GetCurrentTime()
@@ -242,6 +243,7 @@ async def _heartbeat(delivery: Delivery) -> None:
 
 
 async def start(ctx: ServiceContext) -> None:
+    assert isinstance(ctx.settings, SandboxSettings)
     svc = SandboxService(ctx.bus, ctx.settings)
     await svc.start()
 
