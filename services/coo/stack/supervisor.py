@@ -3,6 +3,7 @@ daemonized, read and stopped over its XML-RPC unix socket (no hand-written proce
 
 from __future__ import annotations
 
+import http.client
 import os
 import shlex
 import signal
@@ -149,6 +150,8 @@ def healthy(url: str | None, timeout: float = 1.0) -> tuple[bool, str]:
     except OSError as exc:
         reason = getattr(exc, "reason", exc)
         return False, str(reason)
+    except http.client.HTTPException as exc:  # something that is not HTTP answers on that port
+        return False, f"{type(exc).__name__}: {str(exc)[:80]}"
 
 
 def status(s: StackSettings | None = None) -> list[ComponentStatus]:
