@@ -450,5 +450,4 @@ async def start(ctx: ServiceContext) -> None:
 
 
 def main() -> None:
-    settings = AgentSettings()
-    run("agent", settings.agent_port, settings, start)
+    run("agent", lambda s: s.agent_port, AgentSettings, start)

@@ -248,5 +248,4 @@ async def start(ctx: ServiceContext) -> None:
 
 
 def main() -> None:
-    settings = BudgetSettings()
-    run("budget", settings.budget_port, settings, start)
+    run("budget", lambda s: s.budget_port, BudgetSettings, start)

@@ -16,6 +16,7 @@ Every service talks to NATS through this module and nothing else:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import time
@@ -46,9 +47,11 @@ from coo.common import metrics, topology
 from coo.common.config import CommonSettings
 from coo.common.scrub import scrub_text
 from coo.common.spans import LeanTracer
-from coo.common.telemetry import get_logger
+from coo.common.telemetry import debug_enabled, get_logger
 
 log = get_logger("coo.bus")
+_DEBUG = debug_enabled()
+_HAND_BACK_DELAY = 0.001  # seconds: what a stopping service hands back is redelivered at once  # COO_DEBUG: a DEBUG line per message published, received and settled
 
 HEADER_MSG_ID = "Nats-Msg-Id"
 HEADER_TYPE = "Coo-Type"
@@ -437,6 +440,28 @@ class Bus:
             except Exception:  # noqa: BLE001
                 await self.nc.close()
 
+    async def debug_state(self) -> dict[str, Any]:
+        """What this connection holds, for the debug dump at start: the server, the durable
+        consumers it pulls (with what is pending on them) and the request/reply services it serves."""
+        state: dict[str, Any] = {"server": str(self.nc.connected_url.netloc if self.nc.connected_url else ""),
+                                 "client_id": self.nc.client_id, "consumers": {},
+                                 "services": [svc.info().name for svc in self._micro]}
+        specs = topology.consumers()
+        for task in self._tasks:
+            name = task.get_name().removeprefix("consume:")
+            spec = specs.get(name)
+            if spec is None:
+                continue
+            try:
+                info = await self.js.consumer_info(spec.stream, name)
+                state["consumers"][name] = {
+                    "stream": spec.stream, "filter": spec.config.filter_subject, "pending": info.num_pending,
+                    "ack_pending": info.num_ack_pending, "redelivered": info.num_redelivered,
+                    "ack_wait_seconds": info.config.ack_wait, "max_deliver": info.config.max_deliver}
+            except Exception as exc:  # noqa: BLE001 - a dump never fails a start
+                state["consumers"][name] = {"error": f"{type(exc).__name__}: {exc}"}
+        return state
+
     # -------------------------------------------------------------------- topology
     async def ensure_topology(self) -> None:
         """Declare the topology: with a service's own NATS user only its own part (and wait for
@@ -490,6 +515,10 @@ class Bus:
             ack = await self.js.publish(subject, data, headers=headers, timeout=timeout)
             if ack.duplicate:
                 span.set_attribute("coo.messaging.duplicate", True)
+            if _DEBUG:
+                log.debug("message published", subject=subject, msg_id=msg_id, type=headers[HEADER_TYPE],
+                          bytes=len(data), stream=ack.stream, stream_seq=ack.seq, duplicate=bool(ack.duplicate),
+                          mission_id=mission_id)
             _metric(metrics.BUS_MESSAGES, route.template, "published").inc()
             return ack
         except Exception as exc:
@@ -563,12 +592,26 @@ class Bus:
                 sub = None
                 await asyncio.sleep(min(5.0, 0.2 * failures))
         if inflight:
-            await asyncio.gather(*inflight, return_exceptions=True)
+            await self._hand_back(inflight, clog)
         if sub is not None:
             try:
                 await sub.unsubscribe()
             except Exception:  # noqa: BLE001
                 pass
+
+    async def _hand_back(self, inflight: set[asyncio.Task], clog) -> None:
+        """Stopping: handlers in flight get the grace period to finish; what they still hold then is
+        handed back (their tasks cancelled, each message nak'd without delay, see :meth:`_settle`)."""
+        grace = self.settings.shutdown_grace_seconds
+        clog.info("stopping: no new messages; waiting for handlers in flight", in_flight=len(inflight),
+                  grace_seconds=grace)
+        _done, pending = await asyncio.wait(set(inflight), timeout=grace) if grace > 0 else (set(), set(inflight))
+        if pending:
+            for t in pending:
+                t.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            clog.warning("stopping: messages still in hand after the grace period handed back for redelivery",
+                         handed_back=len(pending), grace_seconds=grace)
 
     async def _handle(self, msg: Msg, handler: Handler, accepted: Mapping[str, type[Message]]) -> None:
         """One delivery inside a CONSUMER span whose parent is the producer's context."""
@@ -585,10 +628,16 @@ class Bus:
         bound = _bind_mission(headers.get(HEADER_MISSION))
         started = time.perf_counter()
         outcome = "ack"
+        if _DEBUG:
+            log.debug("message received", subject=subject, msg_id=headers.get(HEADER_MSG_ID, ""),
+                      type=headers.get(HEADER_TYPE, ""), bytes=len(msg.data), delivered=_num_delivered(msg))
         try:
             outcome = await self._settle(msg, Delivery(msg, subject, route.template), headers, handler, accepted,
                                          span)
         finally:
+            if _DEBUG:
+                log.debug("message settled", subject=subject, msg_id=headers.get(HEADER_MSG_ID, ""), outcome=outcome,
+                          seconds=round(time.perf_counter() - started, 6))
             _unbind_mission(bound)
             context.detach(token)
             span.end()
@@ -621,6 +670,18 @@ class Bus:
         except Retry as exc:
             log.info("message redelivery requested", subject=subject, reason=str(exc), delay=exc.delay)
             await delivery.nak(exc.delay)
+            return "nak"
+        except asyncio.CancelledError:
+            # The service is stopping and this handler outlived its grace period: hand the message
+            # back now (a nak without delay), so JetStream redelivers it at once instead of after
+            # its ack wait. The handler is idempotent: a redelivery may find its work half done.
+            span.set_status(Status(StatusCode.ERROR, "handed back: the service stopped"))
+            span.set_attribute("error.type", "shutdown")
+            log.warning("service stopping: message handed back for redelivery", subject=subject,
+                        stream_seq=delivery.stream_seq, attempt=delivery.num_delivered)
+            with contextlib.suppress(Exception):
+                # an explicit (tiny) delay: a bare NAK takes the consumer's backoff (60 s for tasks)
+                await delivery.nak(_HAND_BACK_DELAY)
             return "nak"
         except Exception as exc:  # noqa: BLE001 - never crash the consumer
             span.record_exception(exc)

@@ -33,6 +33,9 @@ class CommonSettings(BaseSettings):
     dlq_max_age_seconds: float = 14 * 86400
     dlq_max_bytes: int = 256 << 20
     work_max_age_seconds: float = 7 * 86400
+    shutdown_grace_seconds: float = Field(
+        8.0, ge=0, description="on SIGTERM, how long handlers in flight may finish before what they hold is "
+        "handed back (nak: JetStream redelivers it at once, to another replica or after a restart)")
 
     @model_validator(mode="after")
     def _read_nats_password_file(self) -> "CommonSettings":

@@ -28,7 +28,8 @@ MISSIONS_ACTIVE = Gauge("coo_missions_active", "Missions in a live state", ["sta
 MISSION_SECONDS = Histogram("coo_mission_duration_seconds", "Mission wall time from creation to final status",
                             ["status"], buckets=_LONG)
 MISSION_RETRIES = Counter("coo_mission_retries_total", "Engineer retries after a failed QA verdict")
-TASK_SECONDS = Histogram("coo_task_duration_seconds", "Agent task duration by role", ["role", "outcome"],
+TASK_SECONDS = Histogram("coo_task_duration_seconds", "Agent task duration by role (observed by the agent only)",
+                         ["role", "outcome"],
                          buckets=_LATENCY + (120, 300))
 QA_OVERRULED = Counter("coo_qa_overruled_total",
                        "QA verdicts that passed a run without evidence of success (red or no test), overruled",

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +25,7 @@ from starlette.requests import Request
 
 from coo.common.bus import Bus
 from coo.common.config import CommonSettings, service_host
-from coo.common.telemetry import Telemetry, get_logger, setup_telemetry
+from coo.common.telemetry import Telemetry, configure_logging, get_logger, setup_telemetry, telemetry_installed
 
 log = get_logger("coo.service")
 
@@ -113,9 +114,10 @@ async def serve_service(name: str, port: int, settings: CommonSettings,
     telemetry = setup_telemetry(name)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
+    why: list[str] = []  # why the service stops: the signal, else the error, else a stop event
     if install_signals:
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, _on_signal, name, sig, stop)
+            loop.add_signal_handler(sig, _on_signal, name, sig, stop, why)
     app = app or FastAPI(title=f"coo {name}", docs_url=None, redoc_url=None)
     started = asyncio.Event()
 
@@ -141,9 +143,15 @@ async def serve_service(name: str, port: int, settings: CommonSettings,
             await start(ctx)
             started.set()
             log.info("service started", host=host, port=port, nats_url=settings.nats_url)
+            if telemetry.debug:
+                await _debug_dump(ctx)
             await stop.wait()
+    except BaseException as exc:
+        why.append(f"{type(exc).__name__}: {exc}" if not isinstance(exc, asyncio.CancelledError) else "cancelled")
+        raise
     finally:
-        log.info("service stopping: no new work; finishing in-flight messages", service=name)
+        log.info("service stopping: no new work; finishing in-flight messages", service=name,
+                 reason=why[0] if why else "stop requested", grace_seconds=settings.shutdown_grace_seconds)
         if ctx is not None:
             for hook in ctx.on_stop:
                 try:
@@ -157,8 +165,34 @@ async def serve_service(name: str, port: int, settings: CommonSettings,
             await asyncio.wait_for(server_task, timeout=5)
         except (asyncio.TimeoutError, asyncio.CancelledError):
             server_task.cancel()
-        log.info("service stopped", service=name)
+        log.info("service stopped; flushing telemetry", service=name)
         telemetry.shutdown()
+
+
+def config_dump(settings: CommonSettings) -> dict[str, Any]:
+    """The service's configuration as it runs: every setting (secrets as ``**********``: pydantic's
+    ``SecretStr``), and the standard ``OTEL_*`` variables. The log line carrying it is scrubbed too."""
+    out = settings.model_dump(mode="json")
+    out["otel"] = {k: v for k, v in sorted(os.environ.items()) if k.startswith("OTEL_") and "HEADERS" not in k}
+    return out
+
+
+async def _debug_dump(ctx: ServiceContext) -> None:
+    """COO_DEBUG: what the service was configured with and the state it starts in, one DEBUG line each."""
+    log.debug("debug: configuration", service=ctx.name, config=config_dump(ctx.settings))
+    checks = {}
+    for name, check in ctx.checks.items():
+        try:
+            ok, detail = await check()
+        except Exception as exc:  # noqa: BLE001
+            ok, detail = False, f"{type(exc).__name__}: {exc}"
+        checks[name] = {"ok": ok, "detail": detail}
+    try:
+        bus = await ctx.bus.debug_state()
+    except Exception as exc:  # noqa: BLE001 - a dump never fails a start
+        bus = {"error": f"{type(exc).__name__}: {exc}"}
+    log.debug("debug: state at start", service=ctx.name, checks=checks, bus=bus,
+              debug_log=str(ctx.telemetry.debug_log) if ctx.telemetry.debug_log else None)
 
 
 class _Server(uvicorn.Server):
@@ -168,16 +202,33 @@ class _Server(uvicorn.Server):
         return contextlib.nullcontext()
 
 
-def _on_signal(name: str, sig: signal.Signals, stop: asyncio.Event) -> None:
+def _on_signal(name: str, sig: signal.Signals, stop: asyncio.Event, why: list[str]) -> None:
     log.info("stop requested", service=name, signal=sig.name)
+    why.append(sig.name)
     stop.set()
 
 
-def run(name: str, port: int, settings: CommonSettings, start: Callable[[ServiceContext], Awaitable[None]],
-        **kwargs: Any) -> None:
-    """Entry point of ``python -m coo.<service>``."""
+def run(name: str, port: int | Callable[[Any], int], settings: CommonSettings | Callable[[], CommonSettings],
+        start: Callable[[ServiceContext], Awaitable[None]], **kwargs: Any) -> None:
+    """Entry point of ``python -m coo.<service>``. ``settings`` may be the settings class (or any
+    factory) and ``port`` a function of the settings: then a configuration error is a crash like
+    any other, logged as one (:func:`run_main`)."""
+
+    def main() -> Coroutine[Any, Any, None]:
+        s = settings() if callable(settings) else settings
+        return serve_service(name, port(s) if callable(port) else port, s, start, **kwargs)
+
+    run_main(name, main)
+
+
+def run_main(name: str, main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run ``main()`` (which builds the service's settings and serves it) to its end. An unhandled
+    exception, a configuration error included, logs one critical line (JSON, scrubbed, with the
+    traceback) before the process exits with status 1."""
     try:
-        asyncio.run(serve_service(name, port, settings, start, **kwargs))
-    except Exception:
-        log.critical("service crashed", service=name, exc_info=True)
-        raise
+        asyncio.run(main())
+    except Exception as exc:  # the last line of a crashing service
+        if not telemetry_installed():
+            configure_logging(name)
+        log.critical("service crashed", service=name, error=f"{type(exc).__name__}: {exc}", exc_info=True)
+        raise SystemExit(1) from None

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import json
 import logging
+import logging.handlers
 import os
 import socket
 import sys
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from time import time_ns
 from typing import Any
 from urllib.parse import urlparse
@@ -386,6 +388,8 @@ class Telemetry:
     enabled: bool
     exporters: list = field(default_factory=list)   # the OTLP exporters we own
     in_process: bool = False                         # tests: an in-memory exporter shared by all
+    debug: bool = False                              # COO_DEBUG
+    debug_log: Path | None = None                    # COO_DEBUG's rotated JSON log file
 
     def shutdown(self) -> None:
         """Flush and stop exporters (called on graceful shutdown).
@@ -430,7 +434,36 @@ def _render_json(_logger, _name, event: dict) -> str:
     return _JSON(event)
 
 
-def configure_logging(service: str, *, debug: bool | None = None, logger_provider: LoggerProvider | None = None) -> None:
+def debug_log_path(service: str) -> Path:
+    """COO_DEBUG's log file: ``<COO_DATA_DIR>/logs/<service>-debug.log``."""
+    return Path(os.environ.get("COO_DATA_DIR") or "var") / "logs" / f"{service}-debug.log"
+
+
+class _DebugFile:
+    """Every log line of a COO_DEBUG service, as JSON, in a file rotated by the standard library's
+    ``RotatingFileHandler`` (``COO_DEBUG_LOG_MAX_BYTES``, default 10 MiB; ``COO_DEBUG_LOG_BACKUPS``,
+    default 3): what the console shows readably, kept searchable."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._handler = logging.handlers.RotatingFileHandler(
+            path, maxBytes=int(os.environ.get("COO_DEBUG_LOG_MAX_BYTES") or 10 << 20),
+            backupCount=int(os.environ.get("COO_DEBUG_LOG_BACKUPS") or 3), encoding="utf-8")
+        self._handler.setFormatter(logging.Formatter("%(message)s"))
+
+    def write(self, line: str) -> None:
+        self._handler.handle(logging.makeLogRecord({"msg": line, "levelno": logging.DEBUG, "levelname": "DEBUG"}))
+
+    def tee(self, renderer):
+        def render(logger, name, event: dict) -> str:
+            self.write(_JSON(event))   # before the console renderer, which may take fields out
+            return renderer(logger, name, event)
+        return render
+
+
+def configure_logging(service: str, *, debug: bool | None = None,
+                      logger_provider: LoggerProvider | None = None) -> Path | None:
     """structlog (and stdlib logging of libraries) → scrubber → JSON line on stdout (+ OTel logs).
 
     The scrubber runs on what callers and the context give (the event, its fields, bound
@@ -438,6 +471,9 @@ def configure_logging(service: str, *, debug: bool | None = None, logger_provide
     logger's name, the timestamp, the service and the trace/span ids are ours and hold no
     secret (about half the scrubbing time of a line went to them). A caller's own ``logger`` or
     ``trace_id`` field is kept (setdefault) and so was scrubbed with the rest.
+
+    With ``debug`` (``COO_DEBUG``) the level is DEBUG, the console renderer readable, and every
+    line also goes, as JSON, to a rotated file (:func:`debug_log_path`), whose path is returned.
     """
     debug = debug_enabled() if debug is None else debug
     level = logging.DEBUG if debug else logging.INFO
@@ -456,6 +492,13 @@ def configure_logging(service: str, *, debug: bool | None = None, logger_provide
     if logger_provider is not None:
         shared.append(_ExportToOtel(logger_provider, stamper))
     renderer = structlog.dev.ConsoleRenderer(colors=False) if debug else _render_json
+    debug_file = None
+    if debug:
+        try:
+            debug_file = _DebugFile(debug_log_path(service))
+            renderer = debug_file.tee(renderer)
+        except OSError as exc:
+            print(f"COO_DEBUG: no debug log file at {debug_log_path(service)}: {exc}", file=sys.stderr)
     structlog.configure(
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level),
@@ -474,6 +517,7 @@ def configure_logging(service: str, *, debug: bool | None = None, logger_provide
     # The OTLP exporters log every failed attempt; _QuietSpanExporter says it once instead.
     for noisy in ("opentelemetry.exporter.otlp.proto.grpc.exporter", "opentelemetry.exporter.otlp.proto.http"):
         logging.getLogger(noisy).setLevel(logging.CRITICAL)
+    return debug_file.path if debug_file else None
 
 
 def get_logger(name: str, **initial: Any):
@@ -533,15 +577,21 @@ def setup_telemetry(service: str, *, span_exporter: SpanExporter | None = None,
             logger_provider.add_log_record_processor(batch_log_processor(owned[1]))
             set_logger_provider(logger_provider)
         trace.set_tracer_provider(tracer_provider)
-    configure_logging(service, debug=debug, logger_provider=logger_provider)
+    debug = debug_enabled() if debug is None else debug
+    debug_log = configure_logging(service, debug=debug, logger_provider=logger_provider)
     _installed = Telemetry(service, tracer_provider, logger_provider, enabled, owned,
-                           in_process=span_exporter is not None)
+                           in_process=span_exporter is not None, debug=debug, debug_log=debug_log)
     if not enabled:
         log.info("OpenTelemetry SDK disabled (OTEL_SDK_DISABLED=true); metrics and logs only")
     elif span_exporter is None and not collector_reachable():
         _installed_state_warn_once()
     _install_crash_hook(service)
     return _installed
+
+
+def telemetry_installed() -> bool:
+    """Whether :func:`setup_telemetry` ran in this process (logging configured, exporters set)."""
+    return _installed is not None
 
 
 def _installed_state_warn_once() -> None:

@@ -1,8 +1,7 @@
 """python -m coo.orchestrator"""
 
-import asyncio
-
+from coo.common.service import run_main
 from coo.orchestrator.service import serve
 
 if __name__ == "__main__":
-    asyncio.run(serve())
+    run_main("orchestrator", serve)

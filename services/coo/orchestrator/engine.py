@@ -213,8 +213,7 @@ class Engine:
             raise InvalidMessage("agent result without mission_id or task_id")
         if r.role not in (common_pb2.ROLE_COO, common_pb2.ROLE_ENGINEER, common_pb2.ROLE_QA):
             raise InvalidMessage(f"agent result with unknown role {r.role}")
-        metrics.TASK_SECONDS.labels(common_pb2.Role.Name(r.role).removeprefix("ROLE_").lower(),
-                                    "ok" if r.ok else "error").observe(r.duration_seconds, trace_exemplar())
+        # coo_task_duration_seconds is the agent's (role, outcome): observed there once per task
         await self._apply(r.mission_id, lambda m: flow.on_agent_result(m, r, self.policy))
 
     async def _on_sandbox_result(self, r: sandbox_pb2.SandboxResult, delivery: Delivery) -> None:

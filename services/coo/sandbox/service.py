@@ -256,5 +256,4 @@ async def start(ctx: ServiceContext) -> None:
 
 
 def main() -> None:
-    settings = SandboxSettings()
-    run("sandbox", settings.sandbox_port, settings, start)
+    run("sandbox", lambda s: s.sandbox_port, SandboxSettings, start)
