@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import tarfile
 import threading
 import time
@@ -45,6 +46,17 @@ def test_every_container_is_healthy(stack: ComposeStack):
     assert set(services) <= running, set(services) - running
     _log(f"{len(running)} containers healthy (or done, for the one-shots); left out: {', '.join(LEFT_OUT)} "
          "(no image of it can be had here)")
+
+
+def test_coo_health_shows_the_sandbox_backend_in_use(stack: ComposeStack, tmp_path: Path):
+    env = {**stack.engine.env(), **{k: str(v) for k, v in stack.ports.items()}, "COO_STATE_DIR": str(tmp_path),
+           "COO_API_URL": stack.url("COO_ORCHESTRATOR_PORT")}
+    shown = subprocess.run([sys.executable, "-m", "coo.cli", "health", "--json"], capture_output=True, text=True,
+                           env=env, timeout=120, check=False)
+    row = next(c for c in json.loads(shown.stdout)["checks"] if c["check"] == "sandbox")
+    assert row["ok"], row
+    assert "backend docker (COO_SANDBOX_BACKEND=docker): Docker engine answers; image coo-sandbox:latest" \
+        in row["detail"], row
 
 
 def test_the_collector_scrapes_all_five_services(stack: ComposeStack):
