@@ -147,6 +147,27 @@ def sandbox(res: dict, path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def history(res: dict, path: Path) -> Path | None:
+    data = res.get("series", {}).get("ms")
+    if not data:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    sizes = data["finished missions"]
+    for key, label in (("list", "list, first page of 50"), ("get", "get one"), ("admission", "admission check"),
+                       ("housekeeping", "housekeeping pass")):
+        ax.plot(sizes, data[key], marker="o", label=label)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xticks(sizes)
+    ax.set_xticklabels([f"{n:,}" for n in sizes])
+    ax.set_xlabel("finished missions in the bucket")
+    ax.set_ylabel("ms (median)")
+    ax.set_title("Mission history read through the index: cost vs history size", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
 def draw(run: dict, out_dir: Path, date: str) -> list[Path]:
     by = _by_name(run)
     out: list[Path | None] = [ratios(run, out_dir / f"{date}-ratios.png")]
@@ -158,4 +179,6 @@ def draw(run: dict, out_dir: Path, date: str) -> list[Path]:
         out.append(budget(by["budget"], out_dir / f"{date}-budget.png"))
     if "sandbox" in by:
         out.append(sandbox(by["sandbox"], out_dir / f"{date}-sandbox.png"))
+    if "history" in by:
+        out.append(history(by["history"], out_dir / f"{date}-history.png"))
     return [p for p in out if p is not None]

@@ -107,8 +107,8 @@ DOING = {"coo": "planning", "engineer": "writing", "sandbox": "running", "qa": "
 
 
 def _status_option(value: str | None) -> str | None:
-    if value is not None and value not in STATUSES:
-        raise typer.BadParameter(f"{value!r} is not a mission status; one of: {', '.join(STATUSES)}")
+    if value is not None and value not in (*STATUSES, "live", "final"):
+        raise typer.BadParameter(f"{value!r} is not a mission status; one of: {', '.join(STATUSES)}, live, final")
     return value
 
 
@@ -121,23 +121,35 @@ def _mission_id_arg(value: str) -> str:
 # ---------------------------------------------------------------------------------------- missions
 
 def missions(status: str | None = typer.Option(None, "--status", callback=_status_option,
-                                               help=f"Only missions in this state ({', '.join(STATUSES)})."),
+                                               help=f"Only missions in this state ({', '.join(STATUSES)}; "
+                                                    "live or final for all of those)."),
              since: str | None = typer.Option(None, "--since", callback=validate_since,
                                               help="Created after: ISO-8601 or 30m, 1h, 2d."),
-             limit: int = typer.Option(50, "--limit", min=1, max=1000, help="At most this many (newest first)."),
+             limit: int = typer.Option(50, "--limit", min=1, max=1000,
+                                       help="At most this many (newest first); with --all, per request."),
+             cursor: str | None = typer.Option(None, "--cursor", help="Continue after a previous page (its "
+                                                                       "next_cursor, printed below the table)."),
+             every: bool = typer.Option(False, "--all", help="Every matching mission: follow the pages to the end."),
              json_out: bool = typer.Option(False, "--json", help="One JSON object on stdout.")) -> None:
-    """List missions, newest first."""
+    """List missions, newest first, a page at a time (--cursor for the next one, --all for all)."""
     after: datetime | None = since_option(since)
+    rows: list[dict] = []
     with Api() as api:
-        body = api.get("/v1/missions", status=status, since=iso(after) if after else None, limit=limit)
-    rows = body["missions"]
+        while True:
+            body = api.get("/v1/missions", status=status, since=iso(after) if after else None, limit=limit,
+                           cursor=cursor)
+            rows += body["missions"]
+            cursor = body.get("next_cursor")
+            if not every or not cursor:
+                break
+    total = body.get("total", len(rows))
     if json_out:
-        emit_json({"missions": rows, "count": len(rows)})
+        emit_json({"missions": rows, "count": len(rows), "total": total, "next_cursor": cursor})
         return
     if not rows:
         console.print("no missions" + (f" with status {status}" if status else "") + (f" since {since}" if since else ""))
         return
-    table = Table(title=f"missions ({len(rows)})", title_justify="left")
+    table = Table(title=f"missions ({len(rows)} of {total})", title_justify="left")
     for col, kw in (("mission", {"no_wrap": True}), ("status", {}), ("created", {}), ("duration", {"justify": "right"}),
                     ("cost", {"justify": "right"}), ("retries", {"justify": "right"}), ("goal", {})):
         table.add_column(col, **kw)
@@ -145,6 +157,10 @@ def missions(status: str | None = typer.Option(None, "--status", callback=_statu
         table.add_row(m["mission_id"], status_markup(m["status"]), ago(m["created_at"]), duration(m["duration_seconds"]),
                       usd(m["cost_usd"]), str(m["retries"]), escape(truncate(m["goal"], 60)))
     console.print(table)
+    if cursor:
+        console.print(f"more: coo missions --cursor {cursor}" + (f" --status {status}" if status else "")
+                      + (f" --since {since}" if since else "") + (f" --limit {limit}" if limit != 50 else "")
+                      + "  (or --all)", soft_wrap=True, highlight=False)
 
 
 # ----------------------------------------------------------------------------------------- mission

@@ -24,7 +24,7 @@ from coo import __version__
 from coo.budget import client as budget_client
 from coo.common import timeline, workspace
 from coo.common.bus import ServiceError
-from coo.orchestrator import flow
+from coo.orchestrator import flow, history
 from coo.orchestrator.engine import AdmissionRefused, Engine, MissionNotFound, NotReady
 from coo.v1 import budget_pb2, control_pb2, mission_pb2, sandbox_pb2
 
@@ -84,7 +84,7 @@ def _ts(ts) -> str | None:
 
 
 def _outcome(value: int) -> str:
-    return sandbox_pb2.SandboxOutcome.Name(value).removeprefix("SANDBOX_OUTCOME_").lower()
+    return sandbox_pb2.SandboxOutcome.Name(sandbox_pb2.SandboxOutcome.ValueType(value)).removeprefix("SANDBOX_OUTCOME_").lower()
 
 
 def mission_view(m: mission_pb2.Mission, *, with_files: bool = True) -> dict[str, Any]:
@@ -93,7 +93,7 @@ def mission_view(m: mission_pb2.Mission, *, with_files: bool = True) -> dict[str
     if m.created_at.seconds:
         end_ns = end.ToNanoseconds() if end else int(datetime.now(timezone.utc).timestamp() * 1e9)
         duration = round((end_ns - m.created_at.ToNanoseconds()) / 1e9, 3)
-    view = {
+    view: dict[str, Any] = {
         "mission_id": m.mission_id,
         "goal": m.goal,
         "status": flow.status_name(m.status),
@@ -228,29 +228,39 @@ def create_api(engine: Engine, token: str, read_token: str | None = None) -> Fas
         response.headers["Location"] = f"/v1/missions/{m.mission_id}"
         return mission_view(m)
 
-    @app.get("/v1/missions", responses=errors, dependencies=reader)
-    async def list_missions(status_: str | None = Query(None, alias="status", pattern="^[a-z_]+$"),
+    @app.get("/v1/missions", responses={**errors, 422: {"model": ErrorBody}}, dependencies=reader)
+    async def list_missions(status_: str | None = Query(None, alias="status", pattern="^[a-z_,]+$", max_length=200,
+                                                        description="a status, several comma-separated, or "
+                                                                    "`live` / `final` for every live or final one"),
                             since: datetime | None = Query(None, description="ISO-8601; missions created after"),
-                            limit: int = Query(50, ge=1, le=1000)):
-        """Missions, newest first."""
+                            limit: int = Query(50, ge=1, le=1000),
+                            cursor: str | None = Query(None, max_length=200,
+                                                       description="the `next_cursor` of the previous page")):
+        """Missions, newest first, a page at a time: ``next_cursor`` (null on the last page) gives the
+        next one with the same filters; ``total`` is how many match the filters in all. Answered from
+        the orchestrator's index of the history: a page costs the same whatever the history holds."""
+        statuses: list[int] | None = None
         if status_ is not None:
-            try:
-                wanted = flow.status_value(status_)
-            except ValueError:
-                raise HTTPException(422, f"unknown status {status_!r}") from None
-        missions = await engine.list_missions()
-        out = []
-        for m in reversed(missions):
-            if status_ is not None and m.status != wanted:
-                continue
-            if since is not None:
-                since_ns = int((since if since.tzinfo else since.replace(tzinfo=timezone.utc)).timestamp() * 1e9)
-                if m.created_at.ToNanoseconds() < since_ns:
+            statuses = []
+            for name in filter(None, status_.split(",")):
+                if name in ("live", "final"):
+                    statuses += sorted(flow.LIVE if name == "live" else flow.FINAL)
                     continue
-            out.append(mission_view(m, with_files=False))
-            if len(out) >= limit:
-                break
-        return {"missions": out, "count": len(out)}
+                try:
+                    statuses.append(flow.status_value(name))
+                except ValueError:
+                    raise HTTPException(422, f"unknown status {name!r}") from None
+        try:
+            before = history.decode_cursor(cursor) if cursor else None
+        except history.BadCursor as exc:
+            raise HTTPException(422, str(exc)) from None
+        since_ns = None
+        if since is not None:
+            since_ns = int((since if since.tzinfo else since.replace(tzinfo=timezone.utc)).timestamp() * 1e9)
+        missions, after, total = await engine.list_missions(statuses, since_ns=since_ns, before=before, limit=limit)
+        out = [mission_view(m, with_files=False) for m in missions]
+        return {"missions": out, "count": len(out), "total": total,
+                "next_cursor": history.encode_cursor(after) if after else None}
 
     @app.get("/v1/missions/{mission_id}", responses=errors, dependencies=reader)
     async def get_mission(mission_id: str):

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
 from nats.js.errors import InvalidKeyError, KeyNotFoundError, KeyWrongLastSequenceError
+from google.protobuf.message import Message
+from nats.js.kv import KeyValue
 from opentelemetry import context, propagate, trace
 from opentelemetry.trace import SpanKind
 
@@ -25,6 +27,7 @@ from coo.common.bus import Bus, Delivery, InvalidMessage
 from coo.common.telemetry import get_logger, trace_exemplar
 from coo.common.workspace import WorkspaceLimits
 from coo.orchestrator import flow
+from coo.orchestrator.history import Key, MissionIndex
 from coo.orchestrator.settings import OrchestratorSettings
 from coo.v1 import agent_pb2, budget_pb2, common_pb2, control_pb2, mission_pb2, sandbox_pb2
 
@@ -35,6 +38,9 @@ S = mission_pb2
 
 
 ADMISSION_KEY = "admission.blocks"
+RETENTION_LEASE_KEY = "retention.lease"   # one replica at a time deletes expired missions
+#: a purge marker left by retention is removed from the bucket this long after it was written
+TOMBSTONE_SECONDS = 60.0
 SYSTEM_TIMELINE = "system"   # coo.timeline.system: events that concern no single mission
 
 
@@ -79,11 +85,18 @@ class Engine:
                                                          settings.workspace_max_file_bytes))
         self.sandbox = flow.SandboxDefaults(settings.sandbox_timeout_seconds, settings.sandbox_memory_mb,
                                             settings.sandbox_cpu_seconds, settings.sandbox_max_output_bytes)
-        self.kv = None
+        self.kv: KeyValue | None = None
         self._tasks: list[asyncio.Task] = []
-        # Live missions, recounted from the store by housekeeping and counted up on admission, so
-        # admission does not read every mission on every request.
-        self._live: int | None = None
+        # The history, kept from a watch of the missions bucket (coo.orchestrator.history): every
+        # replica's index follows the same bucket, so they share the live count and the pages.
+        self.index = MissionIndex()
+        self._synced = asyncio.Event()
+        self._watch_task: asyncio.Task | None = None
+        self._seq_to_see = 0          # the bucket's last sequence at the previous housekeeping tick
+        # Missions this replica admitted that its watch has not shown yet (id -> when): counted live.
+        self._admitting: dict[str, float] = {}
+        self._purging: dict[str, float] = {}   # purged by this replica, marker not seen yet (id -> when)
+        self._me = f"{worker_name()}-{uuid.uuid4().hex[:6]}"
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -97,18 +110,29 @@ class Engine:
         self.bus.consume("orchestrator-sandbox-results", self._on_sandbox_result, [sandbox_pb2.SandboxResult],
                          concurrency=16)
         self.bus.consume("orchestrator-control", self._on_control, [control_pb2.Control], concurrency=8)
+        started = time.perf_counter()
+        self._start_watch()
+        await self._synced.wait()
+        log.info("mission index built from the bucket", missions=len(self.index), live=self.index.live_count(),
+                 seconds=round(time.perf_counter() - started, 3))
         await self.reconcile()
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="orchestrator-housekeeping"))
+        self._tasks.append(asyncio.create_task(self._retention(), name="orchestrator-retention"))
 
     async def stop(self) -> None:
-        for t in self._tasks:
+        tasks = [*self._tasks, *([self._watch_task] if self._watch_task else [])]
+        for t in tasks:
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def reconcile(self) -> None:
         """After a restart: dispatch again what every live mission waits for (deduplicated by id)."""
         count = 0
-        for m in await self.list_missions():
+        for s in self.index.live():
+            try:
+                m = await self.get(s.mission_id)
+            except MissionNotFound:
+                continue
             if m.status in flow.LIVE and m.status != S.MISSION_STATUS_PAUSED and m.awaiting:
                 with self._mission_context(m):
                     await self._dispatch(m)
@@ -116,46 +140,151 @@ class Engine:
         if count:
             log.info("resumed live missions after start-up", missions=count)
 
+    # ------------------------------------------------------------- the index's watch
+    def _start_watch(self) -> None:
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+        self._watch_task = asyncio.create_task(self._watch(), name="orchestrator-mission-index")
+
+    async def _last_seq(self) -> int:
+        status = await self.store.status()
+        return int(status.stream_info.state.last_seq or 0)
+
+    async def _watch(self) -> None:
+        """Feed the index from a watch of the whole bucket. A new watch builds a fresh index, which
+        replaces the one in use once it holds every key (the old one serves until then)."""
+        while True:
+            watcher = None
+            try:
+                floor = await self._last_seq()
+                watcher = await self.store.watchall()
+                fresh = MissionIndex()
+                synced = False
+                async for entry in watcher:
+                    if entry is None:
+                        if not synced:
+                            # Everything up to `floor` was in the bucket when the watch began and has
+                            # been delivered (a sequence above the last key's is a removed marker).
+                            fresh.revision = max(fresh.revision, floor)
+                            self.index, synced = fresh, True
+                            for mission_id in [k for k in self._admitting if k in fresh]:
+                                self._admitting.pop(mission_id, None)
+                            self._synced.set()
+                        continue
+                    fresh.apply(entry.key, entry.value, entry.operation, entry.revision, entry.created)
+                    if synced:
+                        self._admitting.pop(entry.key, None)
+                        if entry.key in self._purging and entry.key not in fresh:
+                            self._purging.pop(entry.key, None)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a lost connection, a deleted consumer: watch again
+                log.warning("mission index watch failed; watching again", error=str(exc) or type(exc).__name__)
+                await asyncio.sleep(1.0)
+            finally:
+                if watcher is not None:
+                    with contextlib.suppress(Exception):
+                        await watcher.stop()
+
+    async def _check_watch(self) -> None:
+        """A watch that has not delivered what the bucket held a housekeeping tick ago has stalled
+        (a reconnect that lost its consumer): watch again, and rebuild the index from the bucket."""
+        last = await self._last_seq()
+        if self._synced.is_set() and self._seq_to_see and self.index.revision < self._seq_to_see:
+            log.warning("mission index watch is behind the bucket; watching again",
+                        indexed=self.index.revision, bucket=self._seq_to_see)
+            self._seq_to_see = 0
+            self._start_watch()
+            return
+        self._seq_to_see = last
+
     # ------------------------------------------------------------------- queries
     def _require_ready(self) -> None:
         if self.kv is None:
             raise NotReady("the orchestrator is still connecting to NATS; try again in a moment")
 
+    @property
+    def store(self) -> KeyValue:
+        """The missions bucket (NotReady before the engine has started)."""
+        if self.kv is None:
+            raise NotReady("the orchestrator is still connecting to NATS; try again in a moment")
+        return self.kv
+
     async def get(self, mission_id: str) -> mission_pb2.Mission:
         self._require_ready()
         try:
-            entry = await self.kv.get(mission_id)
+            entry = await self.store.get(mission_id)
         except (KeyNotFoundError, InvalidKeyError):
             raise MissionNotFound(mission_id) from None
         if entry.value is None:
             raise MissionNotFound(mission_id)
         return mission_pb2.Mission.FromString(entry.value)
 
-    async def list_missions(self) -> list[mission_pb2.Mission]:
+    async def list_missions(self, statuses: list[int] | None = None, *, since_ns: int | None = None,
+                            before: Key | None = None, limit: int = 50
+                            ) -> tuple[list[mission_pb2.Mission], Key | None, int]:
+        """A page of missions, newest first, from the index: the missions (read by id, at once),
+        the position to continue from (None on the last page), and how many match in all.
+        Its cost depends on ``limit``, not on how many missions the history holds."""
         self._require_ready()
+        if not self._synced.is_set():
+            raise NotReady("the orchestrator is still reading the mission history; try again in a moment")
+        wanted = None if statuses is None else set(statuses)
+        out: list[mission_pb2.Mission] = []
+        position, more, total = before, True, 0
+        while more and len(out) < limit:
+            keys, more, total = self.index.page(statuses, since_ns=since_ns, before=position,
+                                                limit=limit - len(out))
+            if not keys:
+                break
+            found = await asyncio.gather(*(self._get_or_none(k[1]) for k in keys))
+            for key, m in zip(keys, found):
+                position = key
+                # gone (retention) or moved on since the index saw it: not on this page
+                if m is not None and (wanted is None or m.status in wanted):
+                    out.append(m)
+        return out, (position if more and out else None), total
+
+    async def _get_or_none(self, mission_id: str) -> mission_pb2.Mission | None:
         try:
-            keys = await self.kv.keys()
-        except Exception:  # nats-py raises NoKeysError on an empty bucket  # noqa: BLE001
-            return []
-        out = []
-        for key in keys:
-            if not key.startswith("m-"):
-                continue
-            try:
-                out.append(await self.get(key))
-            except MissionNotFound:
-                continue
-        out.sort(key=lambda m: m.created_at.ToNanoseconds())
-        return out
+            return await self.get(mission_id)
+        except MissionNotFound:
+            return None
+
+    def live_count(self) -> int:
+        """Live missions in the bucket (every replica's index sees the same), plus the ones this
+        replica admitted that its watch has not shown yet."""
+        now = time.monotonic()
+        for mission_id, at in list(self._admitting.items()):
+            if mission_id in self.index or now - at > 60:
+                self._admitting.pop(mission_id, None)
+        return self.index.live_count() + len(self._admitting)
 
     # ------------------------------------------------------------------ commands
     async def create_mission(self, goal: str, *, budget_usd: float | None = None, require_approval: bool | None = None,
                              submitted_by: str = "", model: str = "", labels: dict[str, str] | None = None,
                              max_retries: int | None = None) -> mission_pb2.Mission:
-        live = self._live if self._live is not None else await self._count_live()
-        if live >= self.settings.max_live_missions:
-            metrics.ADMISSION_REFUSED.labels("capacity").inc()
-            raise AdmissionRefused(f"{live} live missions (bound {self.settings.max_live_missions}); try again later")
+        await self.check_admission()
+        m = mission_pb2.Mission(
+            mission_id=new_mission_id(), goal=goal, budget_usd=budget_usd or self.settings.default_budget_usd,
+            require_approval=self.settings.require_approval if require_approval is None else require_approval,
+            max_retries=self.settings.max_retries if max_retries is None else max_retries,
+            submitted_by=submitted_by, model=model, labels=labels or {},
+        )
+        # Counted live from here (no await in between since the check), so concurrent requests to
+        # this replica cannot all pass the same check.
+        self._admitting[m.mission_id] = time.monotonic()
+        try:
+            return await self._admit(m)
+        except BaseException:
+            self._admitting.pop(m.mission_id, None)
+            raise
+
+    async def check_admission(self) -> None:
+        """Refuse a new mission (AdmissionRefused) when too many are live, or a budget scope is closed.
+        The live count comes from the index: no read of the history."""
+        self._require_ready()
         blocks = await self.active_admission_blocks()
         if blocks:
             scope, info = next(iter(blocks.items()))
@@ -163,12 +292,13 @@ class Engine:
             raise AdmissionRefused(f"the {scope} budget is exhausted ({info.get('summary') or 'alert firing'}); "
                                    f"new missions are refused until {info['until']} or until it is raised",
                                    retry_after=60)
-        m = mission_pb2.Mission(
-            mission_id=new_mission_id(), goal=goal, budget_usd=budget_usd or self.settings.default_budget_usd,
-            require_approval=self.settings.require_approval if require_approval is None else require_approval,
-            max_retries=self.settings.max_retries if max_retries is None else max_retries,
-            submitted_by=submitted_by, model=model, labels=labels or {},
-        )
+        # counted after the last await: the caller marks its mission admitted before anything else runs
+        live = self.live_count()
+        if live >= self.settings.max_live_missions:
+            metrics.ADMISSION_REFUSED.labels("capacity").inc()
+            raise AdmissionRefused(f"{live} live missions (bound {self.settings.max_live_missions}); try again later")
+
+    async def _admit(self, m: mission_pb2.Mission) -> mission_pb2.Mission:
         m.created_at.CopyFrom(flow.now())
         m.updated_at.CopyFrom(m.created_at)
         with tracer.start_as_current_span(
@@ -180,8 +310,7 @@ class Engine:
             m.trace_id = format(span.get_span_context().trace_id, "032x")
             await self._set_mission_budget(m)
             step = flow.create(m)
-            await self.kv.create(m.mission_id, m.SerializeToString())
-            self._live = live + 1
+            await self.store.create(m.mission_id, m.SerializeToString())
             metrics.MISSIONS_STARTED.inc()
             await self._effects(m, step)
         log.info("mission created", mission_id=m.mission_id, trace_id=m.trace_id)
@@ -200,7 +329,8 @@ class Engine:
         """Validate against the current state (ControlRejected → 409) and publish a control message."""
         m = await self.get(mission_id)
         flow.check_control(m, action)
-        control = control_pb2.Control(control_id=uuid.uuid4().hex, mission_id=mission_id, action=action,
+        control = control_pb2.Control(control_id=uuid.uuid4().hex, mission_id=mission_id,
+                                      action=control_pb2.ControlAction.ValueType(action),
                                       reason=reason, requested_by=by, requested_at=flow.now())
         with self._mission_context(m):
             await self.bus.publish(topology.control_subject(mission_id), control, msg_id=control.control_id,
@@ -252,17 +382,17 @@ class Engine:
                      ) -> mission_pb2.Mission | None:
         for _ in range(50):
             try:
-                entry = await self.kv.get(mission_id)
+                entry = await self.store.get(mission_id)
             except (KeyNotFoundError, InvalidKeyError):
                 raise InvalidMessage(f"unknown mission {mission_id[:80]!r}") from None
-            m = mission_pb2.Mission.FromString(entry.value)
+            m = mission_pb2.Mission.FromString(entry.value or b"")
             step = fn(m)
             if step is None:
                 return None
             m.pending_work = flow.pending_work(m)
             m.updated_at.CopyFrom(flow.now())
             try:
-                await self.kv.update(mission_id, m.SerializeToString(), last=entry.revision)
+                await self.store.update(mission_id, m.SerializeToString(), last=entry.revision)
             except KeyWrongLastSequenceError:
                 continue
             with self._mission_context(m):
@@ -285,8 +415,6 @@ class Engine:
         if step.dispatch:
             await self._dispatch(m)
         if step.finished:
-            if self._live:
-                self._live -= 1
             status = flow.status_name(m.status)
             metrics.MISSIONS.labels(status).inc()
             duration = (m.finished_at.ToNanoseconds() - m.created_at.ToNanoseconds()) / 1e9
@@ -308,17 +436,14 @@ class Engine:
         if work is None:
             return
         subject, message = work
+        assert isinstance(message, Message)
         await self.bus.publish(subject, message, msg_id=m.awaiting, mission_id=m.mission_id)
-
-    async def _count_live(self) -> int:
-        self._live = sum(1 for m in await self.list_missions() if m.status in flow.LIVE)
-        return self._live
 
     # ------------------------------------------------------------ admission blocks
     async def active_admission_blocks(self) -> dict[str, dict]:
         """Budget scopes closed to new missions by the budget-exceeded alert (until their period ends)."""
         try:
-            entry = await self.kv.get(ADMISSION_KEY)
+            entry = await self.store.get(ADMISSION_KEY)
             blocks = json.loads(entry.value or b"{}")
         except KeyNotFoundError:
             return {}
@@ -348,7 +473,7 @@ class Engine:
     async def _set_block(self, scope: str, closed: bool, summary: str) -> None:
         for _ in range(20):
             try:
-                entry = await self.kv.get(ADMISSION_KEY)
+                entry = await self.store.get(ADMISSION_KEY)
                 blocks, revision = json.loads(entry.value or b"{}"), entry.revision
             except KeyNotFoundError:
                 blocks, revision = {}, None
@@ -360,37 +485,123 @@ class Engine:
             data = json.dumps(blocks).encode()
             try:
                 if revision is None:
-                    await self.kv.create(ADMISSION_KEY, data)
+                    await self.store.create(ADMISSION_KEY, data)
                 else:
-                    await self.kv.update(ADMISSION_KEY, data, last=revision)
+                    await self.store.update(ADMISSION_KEY, data, last=revision)
                 return
             except Exception:  # noqa: BLE001 - lost a race with another replica: read again
                 continue
 
     # -------------------------------------------------------------- housekeeping
     async def _housekeeping(self) -> None:
-        """Gauges from the store, and the deadline that fails missions whose work was lost."""
+        """Every 5 s: :meth:`housekeeping_once`."""
         while True:
             try:
                 await asyncio.sleep(5)
-                missions = await self.list_missions()
-                counts = {s: 0 for s in flow.LIVE}
-                for m in missions:
-                    if m.status in counts:
-                        counts[m.status] += 1
-                for status, n in counts.items():
-                    metrics.MISSIONS_ACTIVE.labels(flow.status_name(status)).set(n)
-                self._live = sum(counts.values())
-                metrics.DLQ_MESSAGES.set(await self.bus.dlq_size())
-                deadline_ns = (time.time() - self.settings.mission_deadline_seconds) * 1e9
-                for m in missions:
-                    if m.status in flow.LIVE and m.status != S.MISSION_STATUS_PAUSED \
-                            and m.created_at.ToNanoseconds() < deadline_ns:
-                        await self._apply(m.mission_id, self._deadline_step)
+                await self.housekeeping_once()
             except asyncio.CancelledError:
                 return
             except Exception as exc:  # noqa: BLE001
                 log.warning("housekeeping failed", error=str(exc) or type(exc).__name__)
+
+    async def housekeeping_once(self) -> None:
+        """Gauges from the index, the watch's health, and the deadline that fails missions whose work
+        was lost (read from the index of live missions: no read of the history)."""
+        counts = self.index.counts()
+        for status in flow.LIVE:
+            metrics.MISSIONS_ACTIVE.labels(flow.status_name(status)).set(counts.get(status, 0))
+        metrics.DLQ_MESSAGES.set(await self.bus.dlq_size())
+        await self._check_watch()
+        deadline_ns = (time.time() - self.settings.mission_deadline_seconds) * 1e9
+        for s in self.index.live():
+            if s.status != S.MISSION_STATUS_PAUSED and s.created_ns < deadline_ns:
+                with contextlib.suppress(InvalidMessage):     # deleted meanwhile
+                    await self._apply(s.mission_id, self._deadline_step)
+
+    # ----------------------------------------------------------------- retention
+    async def _retention(self) -> None:
+        """Every ``mission_retention_interval_seconds``: :meth:`retention_once`."""
+        interval = self.settings.mission_retention_interval_seconds
+        while True:
+            try:
+                await asyncio.sleep(interval)
+                await self.retention_once()
+            except asyncio.CancelledError:
+                return
+            except Exception as exc:  # noqa: BLE001
+                log.warning("mission retention failed", error=str(exc) or type(exc).__name__)
+
+    async def retention_once(self, batch: int = 500) -> int:
+        """Delete finished missions past their retention (by age, by count; never a live one): the
+        mission's KV entry (a purge: every revision) and its timeline subject. One replica at a time
+        (a lease in the bucket). Returns how many were deleted."""
+        age, keep = self.settings.mission_retention_seconds, self.settings.mission_retention_count
+        if (age <= 0 and keep <= 0) or not self._synced.is_set() or not await self._hold_lease():
+            self._forget_tombstones()   # the lease holder removes the markers; the others only forget them
+            return 0
+        deleted = 0
+        started = time.monotonic()
+        while True:
+            now = time.time()
+            for mission_id, at in list(self._purging.items()):
+                if now - at > 300:
+                    self._purging.pop(mission_id, None)
+            ids = self.index.expired(older_than_ns=int((now - age) * 1e9) if age > 0 else None,
+                                     keep=keep if keep > 0 else None, exclude=set(self._purging), limit=batch)
+            if not ids:
+                break
+            for mission_id in ids:
+                await self.store.purge(mission_id)
+                self._purging[mission_id] = now
+                with contextlib.suppress(Exception):   # no timeline left (its own retention): nothing to purge
+                    await self.bus.js.purge_stream(topology.STREAM_TIMELINE,
+                                                   subject=topology.timeline_subject(mission_id))
+                deleted += 1
+            if not await self._hold_lease():
+                break
+        if deleted:
+            log.info("retention deleted finished missions", deleted=deleted, finished_left=len(self.index.finished),
+                     seconds=round(time.monotonic() - started, 3), max_age_seconds=age, max_count=keep)
+        await self._purge_tombstones()
+        return deleted
+
+    def _forget_tombstones(self) -> None:
+        cutoff = time.time() - TOMBSTONE_SECONDS * 5
+        for key, at in list(self.index.tombstones.items()):
+            if at < cutoff:
+                self.index.tombstones.pop(key, None)
+
+    async def _purge_tombstones(self) -> None:
+        """Remove the purge markers retention left (their key is gone from every index by now)."""
+        cutoff = time.time() - TOMBSTONE_SECONDS
+        stream = f"KV_{topology.BUCKET_MISSIONS}"
+        for key, at in list(self.index.tombstones.items()):
+            if at < cutoff:
+                await self.bus.js.purge_stream(stream, subject=f"$KV.{topology.BUCKET_MISSIONS}.{key}")
+                self.index.tombstones.pop(key, None)
+
+    async def _hold_lease(self) -> bool:
+        """Take or renew the retention lease (compare-and-set): True when this replica holds it."""
+        now = time.time()
+        data = json.dumps({"holder": self._me, "until": now + 3 * self.settings.mission_retention_interval_seconds
+                           + 60}).encode()
+        try:
+            entry = await self.store.get(RETENTION_LEASE_KEY)
+        except KeyNotFoundError:
+            entry = None
+        try:
+            if entry is None or entry.value is None:
+                await self.store.create(RETENTION_LEASE_KEY, data)
+                return True
+            held = json.loads(entry.value or b"{}")
+            if held.get("holder") != self._me and float(held.get("until", 0)) > now:
+                return False
+            await self.store.update(RETENTION_LEASE_KEY, data, last=entry.revision)
+            return True
+        except (KeyWrongLastSequenceError, ValueError):
+            return False
+        except Exception:  # noqa: BLE001 - another replica created it first
+            return False
 
     def _deadline_step(self, m: mission_pb2.Mission) -> flow.Step | None:
         if m.status not in flow.LIVE or m.status == S.MISSION_STATUS_PAUSED:

@@ -35,6 +35,13 @@ class OrchestratorSettings(CommonSettings):
     sandbox_cpu_seconds: float = 10.0
     sandbox_max_output_bytes: int = 64_000
     mission_deadline_seconds: float = Field(1800.0, description="a live mission older than this fails")
+    mission_retention_seconds: float = Field(
+        30 * 86400, ge=0, description="finished missions are deleted this long after they finished (0: no age limit)")
+    mission_retention_count: int = Field(
+        10_000, ge=0, description="at most this many finished missions are kept, the oldest finished deleted "
+        "first (0: no count limit)")
+    mission_retention_interval_seconds: float = Field(
+        60.0, gt=0, description="how often one replica (a lease in the bucket) looks for missions to delete")
 
     def token_path(self) -> Path:
         return self.api_token_file or (self.data_dir / "api-token")

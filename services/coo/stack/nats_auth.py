@@ -147,6 +147,8 @@ def _roles() -> dict[str, Role]:
                 *(p for s in all_streams for p in _stream_owner(s)),
                 *(p for c in orch_consumers for p in _consumer(c)),
                 *_bucket_owner(T.BUCKET_MISSIONS),
+                # mission retention: a deleted mission's purge marker, and its timeline subject
+                f"{API}.STREAM.PURGE.{_kv(T.BUCKET_MISSIONS)}", f"{API}.STREAM.PURGE.{T.STREAM_TIMELINE}",
                 # the mission pipeline
                 f"{T.TASKS}.*", T.SANDBOX_RUNS, f"{T.CONTROL}.*", f"{T.TIMELINE}.*",
                 # the timeline read (an ordered consumer per request)
