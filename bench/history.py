@@ -3,7 +3,7 @@
 The orchestrator reads its history through an index kept from a KV watch
 (``coo.orchestrator.history``), never by scanning every key. This measures, on a real nats-server
 with the ``coo_missions`` bucket holding N finished missions (realistic ``Mission`` protobufs: tasks,
-a workspace, its versions, the last sandbox run; ~4 KB each) and a few live ones, with an
+a workspace, its versions, the last sandbox run; ~2.3 KB each) and a few live ones, with an
 ``Engine`` started on it as the orchestrator starts it:
 
 * list: the first page of 50 (``Engine.list_missions`` and the API's JSON view of each);
@@ -12,14 +12,17 @@ a workspace, its versions, the last sandbox run; ~4 KB each) and a few live ones
 * housekeeping: one ``Engine.housekeeping_once`` (gauges, the watch's health, the deadline check);
 
 each as a median over many calls, at N = 1k (the baseline, measured in the same run), 10k and
-100k; the goal is 100k within 1.2x of 1k. The details also give the time an orchestrator takes to
-build its index at start-up, what the old read (every key, one by one) took where it is still
-affordable, and how fast the history was seeded (``KeyValue.put`` of the records, 512 at a time).
+100k; the goal is 100k within 1.2x of 1k. Each size has its own nats-server and engine, all in one process, and
+the measurements take turns (a few calls of each operation on each size, round after round), so the
+machine's other load hits every size alike. The details also give p90s, the time an orchestrator
+takes to build its index at start-up, what the old read (every key, one by one) took where it is
+still affordable, and how fast the history was seeded (``KeyValue.put``, 512 at a time).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import resource
 import statistics
@@ -71,7 +74,7 @@ def finished_mission(i: int, created_s: float, status: int | None = None, second
         status = (M.MISSION_STATUS_FAILED if i % 10 == 7 else
                   M.MISSION_STATUS_BUDGET_EXCEEDED if i % 50 == 3 else M.MISSION_STATUS_COMPLETED)
     mid = mission_id(created_s, i)
-    m = M.Mission(mission_id=mid, goal=GOALS[i % len(GOALS)], status=status, budget_usd=1.0, max_retries=2,
+    m = M.Mission(mission_id=mid, goal=GOALS[i % len(GOALS)], status=M.MissionStatus.ValueType(status), budget_usd=1.0, max_retries=2,
                   submitted_by="operator", trace_id=f"{random.getrandbits(128):032x}", current_task=1,
                   status_reason="all tasks passed" if status == M.MISSION_STATUS_COMPLETED else "QA rejected")
     m.created_at.FromNanoseconds(int(created_s * 1e9))
@@ -127,110 +130,139 @@ def history(start: int, stop: int, now: float, spread_s: float = 20 * 86400):
 
 
 # ------------------------------------------------------------------------ measuring
-async def _timed(fn, reps: int) -> float:
-    samples = []
-    for _ in range(reps):
+class _Side:
+    """One history size: its own nats-server, bucket and orchestrator engine."""
+
+    def __init__(self, n: int, url: str) -> None:
+        self.n, self.url = n, url
+        self.samples: dict[str, list[float]] = {k: [] for k in ("list", "get", "admission", "housekeeping")}
+        self.ids: list[str] = []
+        self.info: dict = {}
+
+    async def seed(self, now: float) -> float:
+        from coo.common import topology
+        from coo.common.bus import Bus
+
+        self.settings = _settings(self.url)
+        bus = await Bus.connect("bench-history-seed", self.settings)
+        try:
+            await bus.ensure_topology()
+            kv = await bus.kv(topology.BUCKET_MISSIONS)
+            await seed(kv, (live_mission(1_000_000 + k, now - 60 + k) for k in range(LIVE)))
+            batch = list(history(0, self.n, now - 3600))
+            self.ids = [m.mission_id for m in batch]
+            t0 = time.perf_counter()
+            await seed(kv, batch)
+            return time.perf_counter() - t0
+        finally:
+            await bus.close()
+
+    async def start(self) -> None:
+        from coo.common.bus import Bus
+        from coo.orchestrator.engine import Engine
+
+        self.bus = await Bus.connect("bench-history", self.settings)
+        self.engine = Engine(self.bus, self.settings)
+        rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         t0 = time.perf_counter()
-        await fn()
-        samples.append(time.perf_counter() - t0)
-    return statistics.median(samples)
+        await self.engine.start()
+        self.info = {"index_build_s": time.perf_counter() - t0, "indexed": len(self.engine.index),
+                     "live": self.engine.live_count(),
+                     "max_rss_growth_mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024}
+        self.rng = random.Random(7)
+
+    async def op(self, name: str) -> None:
+        from coo.orchestrator.api import mission_view
+
+        e = self.engine
+        t0 = time.perf_counter()
+        if name == "list":
+            missions, after, _ = await e.list_missions(limit=PAGE)
+            assert len(missions) == PAGE and after is not None
+            [mission_view(m, with_files=False) for m in missions]
+        elif name == "get":
+            mission_view(await e.get(self.rng.choice(self.ids)))
+        elif name == "admission":
+            await e.check_admission()
+        else:
+            await e.housekeeping_once()
+        self.samples[name].append(time.perf_counter() - t0)
+
+    async def stop(self) -> None:
+        await self.engine.stop()
+        await self.bus.close()
 
 
-async def _measure(url: str, settings, ids: list[str], reps: dict[str, int]) -> dict:
-    from coo.common.bus import Bus
-    from coo.orchestrator.api import mission_view
-    from coo.orchestrator.engine import Engine
+def _settings(url: str):
+    from coo.orchestrator.settings import OrchestratorSettings
 
-    bus = await Bus.connect("bench-history", settings)
-    engine = Engine(bus, settings)
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    t0 = time.perf_counter()
-    await engine.start()
-    build = time.perf_counter() - t0
-    rng = random.Random(7)
-
-    async def list_page():
-        missions, after, total = await engine.list_missions(limit=PAGE)
-        assert len(missions) == PAGE and after is not None
-        [mission_view(m, with_files=False) for m in missions]
-
-    async def get_one():
-        mission_view(await engine.get(rng.choice(ids)))
-
-    try:
-        for fn in (list_page, get_one, engine.check_admission, engine.housekeeping_once):
-            await fn()                                  # warm
-        out = {
-            "list_s": await _timed(list_page, reps["list"]),
-            "get_s": await _timed(get_one, reps["get"]),
-            "admission_s": await _timed(engine.check_admission, reps["admission"]),
-            "housekeeping_s": await _timed(engine.housekeeping_once, reps["housekeeping"]),
-            "index_build_s": build, "indexed": len(engine.index), "live": engine.live_count(),
-            "max_rss_growth_mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024,
-        }
-    finally:
-        await engine.stop()
-        await bus.close()
-    return out
+    return OrchestratorSettings.model_validate({
+        "nats_url": url, "mission_retention_count": 0, "mission_retention_seconds": 0,
+        "mission_deadline_seconds": 10 * 86400, "max_live_missions": 10_000})
 
 
-async def _scan(url: str, settings) -> float:
+async def _scan(url: str) -> float:
     """The read before the index: every key, then every mission one by one."""
     from coo.common import topology
     from coo.common.bus import Bus
     from coo.v1 import mission_pb2
 
-    bus = await Bus.connect("bench-history-scan", settings)
+    bus = await Bus.connect("bench-history-scan", _settings(url))
     try:
         kv = await bus.kv(topology.BUCKET_MISSIONS)
         t0 = time.perf_counter()
         for key in await kv.keys():
             if key.startswith("m-"):
-                mission_pb2.Mission.FromString((await kv.get(key)).value)
+                mission_pb2.Mission.FromString((await kv.get(key)).value or b"")
         return time.perf_counter() - t0
     finally:
         await bus.close()
 
 
-async def _run(url: str, sizes: tuple[int, ...], reps: dict[str, int], scan_up_to: int) -> dict:
-    from coo.common import topology
-    from coo.common.bus import Bus
-    from coo.orchestrator.settings import OrchestratorSettings
-
-    settings = OrchestratorSettings(nats_url=url, mission_retention_count=0, mission_retention_seconds=0,
-                                    mission_deadline_seconds=10 * 86400, max_live_missions=10_000)
-    bus = await Bus.connect("bench-history-seed", settings)
-    await bus.ensure_topology()
-    kv = await bus.kv(topology.BUCKET_MISSIONS)
+async def _run(urls: dict[int, str], rounds: int, reps: dict[str, int], scan_up_to: int) -> dict:
+    """Seed each side, start an engine on each, then measure in rounds that take turns side by
+    side, so the machine's other load hits every history size alike."""
     now = time.time()
-    await seed(kv, (live_mission(1_000_000 + k, now - 60 + k) for k in range(LIVE)))
-    table: dict[str, dict] = {}
-    seeded, seed_seconds, ids = 0, 0.0, []
+    sides = [_Side(n, url) for n, url in urls.items()]
+    seed_seconds = 0.0
+    for side in sides:
+        seed_seconds += await side.seed(now)
+    for side in sides:
+        await side.start()
     try:
-        for n in sizes:
-            t0 = time.perf_counter()
-            batch = list(history(seeded, n, now - 3600))
-            await seed(kv, batch)
-            seed_seconds += time.perf_counter() - t0
-            ids += [m.mission_id for m in batch]
-            seeded = n
-            row = await _measure(url, settings, ids, reps)
-            if n <= scan_up_to:
-                row["full_scan_s"] = await _scan(url, settings)
-            table[str(n)] = row
-        size = len(finished_mission(0, now).SerializeToString())
+        for side in sides:                               # warm
+            for name in side.samples:
+                await side.op(name)
+            for name in side.samples:
+                side.samples[name].clear()
+        for _ in range(rounds):
+            for name, k in reps.items():
+                for side in sides:
+                    for _ in range(k):
+                        await side.op(name)
     finally:
-        await bus.close()
-    return {"table": table, "seeded": seeded, "seed_seconds": seed_seconds, "record_bytes": size}
+        for side in sides:
+            await side.stop()
+    table = {}
+    for side in sides:
+        row = {f"{k}_s": statistics.median(v) for k, v in side.samples.items()}
+        row.update({f"{k}_p90_s": sorted(v)[int(0.9 * (len(v) - 1))] for k, v in side.samples.items()})
+        row.update(side.info)
+        if side.n <= scan_up_to:
+            row["full_scan_s"] = await _scan(side.url)
+        table[str(side.n)] = row
+    return {"table": table, "seeded": sum(urls), "seed_seconds": seed_seconds,
+            "record_bytes": len(finished_mission(0, now).SerializeToString())}
 
 
 def run(cfg: Config) -> Result:
     result = Result("history", TITLE)
     sizes = (1_000, 10_000, 100_000) if not cfg.smoke else (50, 200, 500)
-    reps = {"list": cfg.n(60, 5), "get": cfg.n(400, 20), "admission": cfg.n(400, 20),
-            "housekeeping": cfg.n(40, 5)}
-    with nats_server(cfg.work_dir) as server:
-        out = asyncio.run(_run(server.url, sizes, reps, scan_up_to=cfg.n(10_000, 500)))
+    reps = {"list": 3, "get": 20, "admission": 20, "housekeeping": 2}
+    rounds = cfg.n(30, 2)
+    with contextlib.ExitStack() as stack:
+        urls = {n: stack.enter_context(nats_server(cfg.work_dir)).url for n in sizes}
+        out = asyncio.run(_run(urls, rounds, reps, scan_up_to=cfg.n(10_000, 500)))
     table = out["table"]
     base = table[str(sizes[0])]
     label = {sizes[0]: "1k", sizes[1]: "10k", sizes[2]: "100k"} if not cfg.smoke else {n: str(n) for n in sizes}

@@ -5,6 +5,7 @@ real engines (two at once where it matters) and through the API and the CLI of a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -17,10 +18,15 @@ from coo.budget.client import SUBJECT_SET_LIMIT
 from coo.common import timeline, topology
 from coo.common.bus import Bus
 from coo.common.natsserver import NatsServer
-from coo.orchestrator import flow
 from coo.orchestrator import engine as engine_mod
+from coo.orchestrator import flow
 from coo.orchestrator.engine import AdmissionRefused, Engine, MissionNotFound
-from coo.orchestrator.history import BadCursor, MissionIndex, decode_cursor, encode_cursor
+from coo.orchestrator.history import (
+    BadCursor,
+    MissionIndex,
+    decode_cursor,
+    encode_cursor,
+)
 from coo.orchestrator.settings import OrchestratorSettings
 from coo.v1 import budget_pb2
 from coo.v1 import mission_pb2 as M
@@ -153,7 +159,7 @@ async def bucket(nats_server):
 
 
 async def test_two_engines_share_pages_and_the_live_count(bucket):
-    bus, kv, server = bucket
+    _, kv, server = bucket
     now = time.time()
     await seed(kv, [finished_mission(i, now - 3600 + i) for i in range(40)]
                + [live_mission(1000 + i, now - 60 + i) for i in range(3)])
@@ -237,7 +243,7 @@ async def test_retention_deletes_finished_missions_by_age_and_count_never_live_o
 
 
 async def test_the_index_survives_a_nats_restart(bucket):
-    bus, kv, server = bucket
+    _, kv, server = bucket
     now = time.time()
     await seed(kv, [finished_mission(i, now - 600 + i) for i in range(5)])
     a = await _engine(server.url, "orch-a")
@@ -252,10 +258,8 @@ async def test_the_index_survives_a_nats_restart(bucket):
                 assert time.monotonic() < deadline, f"index stuck at {len(a.index)} after the restart"
                 await seed(wkv, [finished_mission(50 + k, now - 100 + k) for k in range(3)])
                 for _ in range(4):
-                    try:
+                    with contextlib.suppress(Exception):   # the connection coming back
                         await a.housekeeping_once()       # notices a watch that fell behind
-                    except Exception:  # noqa: BLE001 - the connection coming back
-                        pass
                     if len(a.index) >= 8:
                         break
                     await asyncio.sleep(0.5)
@@ -318,21 +322,21 @@ def test_api_and_cli_page_filter_and_retain(orchestrator):
     env = {**os.environ, "COO_API_URL": orchestrator.url("orchestrator"), "COO_API_READ_TOKEN": TEST_READ_TOKEN}
     env.pop("COO_API_TOKEN", None)
     coo = [sys.executable, "-m", "coo.cli"]
-    every = subprocess.run([*coo, "missions", "--all", "--limit", "7", "--json"], capture_output=True, text=True,
+    every = subprocess.run([*coo, "missions", "--all", "--limit", "7", "--json"], check=False, capture_output=True, text=True,
                            env=env, timeout=60)
     assert every.returncode == 0, every.stderr
     body = json.loads(every.stdout)
     assert body["count"] == 32 and len({m["mission_id"] for m in body["missions"]}) == 32
-    page = subprocess.run([*coo, "missions", "--limit", "5", "--json"], capture_output=True, text=True, env=env,
+    page = subprocess.run([*coo, "missions", "--limit", "5", "--json"], check=False, capture_output=True, text=True, env=env,
                           timeout=60)
     one = json.loads(page.stdout)
     assert one["count"] == 5 and one["total"] == 32 and one["next_cursor"]
     after = subprocess.run([*coo, "missions", "--limit", "5", "--cursor", one["next_cursor"], "--json"],
-                           capture_output=True, text=True, env=env, timeout=60)
+                           check=False, capture_output=True, text=True, env=env, timeout=60)
     assert [m["mission_id"] for m in json.loads(after.stdout)["missions"]] == ids[5:10]
-    human = subprocess.run([*coo, "missions", "--limit", "5"], capture_output=True, text=True, env=env, timeout=60)
+    human = subprocess.run([*coo, "missions", "--limit", "5"], check=False, capture_output=True, text=True, env=env, timeout=60)
     assert human.returncode == 0 and "--cursor" in human.stdout and "32" in human.stdout
-    bad = subprocess.run([*coo, "missions", "--cursor", "garbage!"], capture_output=True, text=True, env=env,
+    bad = subprocess.run([*coo, "missions", "--cursor", "garbage!"], check=False, capture_output=True, text=True, env=env,
                          timeout=60)
     assert bad.returncode != 0 and "cursor" in bad.stderr and "Traceback" not in bad.stderr
     assert TEST_TOKEN not in every.stdout + every.stderr
