@@ -15,9 +15,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from coo.common.natsserver import free_port
 from coo.stack.components import REPO_ROOT
-
 from tests.procs import serve
 
 ALERTMANAGER = shutil.which("prometheus-alertmanager") or "/usr/bin/prometheus-alertmanager"

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from coo.common.natsserver import free_port
 from coo.stack import consoles
-
 from tests.procs import serve
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"

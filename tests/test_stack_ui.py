@@ -26,10 +26,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from coo.stack import consoles
-from coo.stack.components import REPO_ROOT, StackSettings
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
+from coo.stack import consoles
+from coo.stack.components import REPO_ROOT, StackSettings
 from tests.test_stack_e2e import Stack, _wait_trace
 
 pytestmark = pytest.mark.stack
