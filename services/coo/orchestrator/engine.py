@@ -285,6 +285,8 @@ class Engine:
         """Refuse a new mission (AdmissionRefused) when too many are live, or a budget scope is closed.
         The live count comes from the index: no read of the history."""
         self._require_ready()
+        if not self._synced.is_set():
+            raise NotReady("the orchestrator is still reading the mission history; try again in a moment")
         blocks = await self.active_admission_blocks()
         if blocks:
             scope, info = next(iter(blocks.items()))
