@@ -3,7 +3,7 @@
 The orchestrator reads its history through an index kept from a KV watch
 (``coo.orchestrator.history``), never by scanning every key. This measures, on a real nats-server
 with the ``coo_missions`` bucket holding N finished missions (realistic ``Mission`` protobufs: tasks,
-a workspace, its versions, the last sandbox run; ~2.3 KB each) and a few live ones, with an
+a workspace of the mock LLM's catalog, its versions, the last sandbox run; 4-8.5 KB each) and a few live ones, with an
 ``Engine`` started on it as the orchestrator starts it:
 
 * list: the first page of 50 (``Engine.list_missions`` and the API's JSON view of each);
@@ -23,40 +23,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
 import resource
 import statistics
 import time
+from importlib import resources
 
 from bench.common import Config, Result, nats_server, ratio
 
 TITLE = "Mission history: list, get, admission and housekeeping with 1k-100k finished missions"
 
-GOALS = ("write a FizzBuzz function with tests", "write an ISO date parser with tests",
-         "write a word counter with tests", "write a palindrome checker with tests",
-         "write a Roman numerals converter with tests", "write a Fibonacci function with tests",
-         "Build an RPN calculator on top of a stack, with tests", "write a CSV column summer with tests")
+# The mock LLM's catalog: each goal, and the module and test its engineer writes (what a mission's workspace holds).
+CATALOG = (("write a FizzBuzz function with tests", "fizzbuzz"), ("write an ISO date parser with tests", "iso_date"),
+           ("write a word counter with tests", "wordcount"), ("write a palindrome checker with tests", "palindrome"),
+           ("write a Roman numerals converter with tests", "roman_numerals"),
+           ("write a Fibonacci function with tests", "fibonacci"), ("write a stack class with tests", "stack"),
+           ("write a CSV column summer with tests", "csv_sum"))
 LIVE = 20          # live missions in the bucket besides the finished ones
 PAGE = 50
 
-_MODULE = '''"""FizzBuzz."""
 
-
-def fizzbuzz(n: int) -> str:
-    if n % 15 == 0:
-        return "FizzBuzz"
-    if n % 3 == 0:
-        return "Fizz"
-    if n % 5 == 0:
-        return "Buzz"
-    return str(n)
-''' * 2
-_TEST = '''from solution import fizzbuzz
-
-
-def test_fizzbuzz():
-    assert [fizzbuzz(i) for i in (1, 3, 5, 15)] == ["1", "Fizz", "Buzz", "FizzBuzz"]
-''' * 2
+@functools.cache
+def _program(name: str) -> tuple[str, str]:
+    base = resources.files("coo.mockllm") / "programs"
+    return (base / f"{name}.py.txt").read_text(), (base / f"test_{name}.py.txt").read_text()
 
 
 def mission_id(created_s: float, i: int) -> str:
@@ -74,7 +65,9 @@ def finished_mission(i: int, created_s: float, status: int | None = None, second
         status = (M.MISSION_STATUS_FAILED if i % 10 == 7 else
                   M.MISSION_STATUS_BUDGET_EXCEEDED if i % 50 == 3 else M.MISSION_STATUS_COMPLETED)
     mid = mission_id(created_s, i)
-    m = M.Mission(mission_id=mid, goal=GOALS[i % len(GOALS)], status=M.MissionStatus.ValueType(status), budget_usd=1.0, max_retries=2,
+    goal, program = CATALOG[i % len(CATALOG)]
+    module, test = _program(program)
+    m = M.Mission(mission_id=mid, goal=goal, status=M.MissionStatus.ValueType(status), budget_usd=1.0, max_retries=2,
                   submitted_by="operator", trace_id=f"{random.getrandbits(128):032x}", current_task=1,
                   status_reason="all tasks passed" if status == M.MISSION_STATUS_COMPLETED else "QA rejected")
     m.created_at.FromNanoseconds(int(created_s * 1e9))
@@ -87,12 +80,12 @@ def finished_mission(i: int, created_s: float, status: int | None = None, second
                            description="Implement the function and its tests; run them with pytest.",
                            status=M.TASK_STATUS_PASSED, last_score=0.9, last_feedback="tests pass")
         task.finished_at.CopyFrom(m.finished_at)
-        v = m.workspace_versions.add(task_id=task.task_id, attempt=1, changed=["solution.py", "test_solution.py"],
-                                     files=2, bytes=len(_MODULE) + len(_TEST), outcome="passed")
+        v = m.workspace_versions.add(task_id=task.task_id, attempt=1, changed=[f"{program}.py", f"test_{program}.py"],
+                                     files=2, bytes=len(module) + len(test), outcome="passed")
         v.at.CopyFrom(m.finished_at)
     for files in (m.workspace, m.artifacts):
-        files.add(name="solution.py", content=_MODULE)
-        files.add(name="test_solution.py", content=_TEST)
+        files.add(name=f"{program}.py", content=module)
+        files.add(name=f"test_{program}.py", content=test)
     m.artifact_command.extend(["python", "-m", "pytest", "-q"])
     m.last_sandbox_result.CopyFrom(sandbox_pb2.SandboxResult(
         run_id=f"{mid}.t1.run.a1", mission_id=mid, task_id="t2", outcome=sandbox_pb2.SANDBOX_OUTCOME_OK,
@@ -135,7 +128,7 @@ class _Side:
 
     def __init__(self, n: int, url: str) -> None:
         self.n, self.url = n, url
-        self.samples: dict[str, list[float]] = {k: [] for k in ("list", "get", "admission", "housekeeping")}
+        self.samples: dict[str, list[float]] = {k: [] for k in ("list", "get", "kv_get", "admission", "housekeeping")}
         self.ids: list[str] = []
         self.info: dict = {}
 
@@ -182,6 +175,8 @@ class _Side:
             [mission_view(m, with_files=False) for m in missions]
         elif name == "get":
             mission_view(await e.get(self.rng.choice(self.ids)))
+        elif name == "kv_get":     # what nats-server takes: nats-py's KeyValue.get of the same kind of key
+            await e.store.get(self.rng.choice(self.ids))
         elif name == "admission":
             await e.check_admission()
         else:
@@ -258,7 +253,7 @@ async def _run(urls: dict[int, str], rounds: int, reps: dict[str, int], scan_up_
 def run(cfg: Config) -> Result:
     result = Result("history", TITLE)
     sizes = (1_000, 10_000, 100_000) if not cfg.smoke else (50, 200, 500)
-    reps = {"list": 3, "get": 20, "admission": 20, "housekeeping": 2}
+    reps = {"list": 3, "get": 20, "kv_get": 20, "admission": 20, "housekeeping": 2}
     rounds = cfg.n(30, 2)
     with contextlib.ExitStack() as stack:
         urls = {n: stack.enter_context(nats_server(cfg.work_dir)).url for n in sizes}
@@ -286,6 +281,10 @@ def run(cfg: Config) -> Result:
                         f"(tasks, workspace, versions, the last sandbox run), seeded at "
                         f"{result.details['seeding']['per_second']:,}/s; an orchestrator's index is built at start "
                         f"from one KV watch in {build}")
+    result.notes.append("a mission by id is one KeyValue.get (a direct get) plus its view: nats-py's KeyValue.get "
+                        "alone, random keys, took " + ", ".join(
+                            f"{label[n]} {table[str(n)]['kv_get_s'] * 1e3:.3f} ms" for n in sizes)
+                        + " (nats-server's lookup in a stream of that many subjects)")
     scans = [f"{label[n]} {table[str(n)]['full_scan_s'] * 1e3:,.0f} ms" for n in sizes if "full_scan_s" in table[str(n)]]
     if scans:
         result.notes.append("the read before the index (every key, then every mission one by one), which every "

@@ -88,16 +88,21 @@ def budget(res: dict, path: Path) -> Path | None:
             continue
         color, ls = styles.get(name, (None, "-"))
         ax.plot(clients, values, marker="o", label=name, color=color, ls=ls)
-    ax.set_xscale("log", base=2)
+    _log_log(ax, clients, [str(c) for c in clients], "concurrent clients", "reserve+settle operations / s",
+             "Budget ledger (JetStream KV, compare-and-set) vs raw request/reply", x_base=2)
+    return _save(fig, path)
+
+
+def _log_log(ax, xs: list, labels: list[str], xlabel: str, ylabel: str, title: str, x_base: int = 10) -> None:
+    ax.set_xscale("log", base=x_base)
     ax.set_yscale("log")
-    ax.set_xticks(clients)
-    ax.set_xticklabels([str(c) for c in clients])
-    ax.set_xlabel("concurrent clients")
-    ax.set_ylabel("reserve+settle operations / s")
-    ax.set_title("Budget ledger (JetStream KV, compare-and-set) vs raw request/reply", fontsize=10)
+    ax.set_xticks(xs)
+    ax.set_xticklabels(labels)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    return _save(fig, path)
 
 
 def missions(res: dict | None, tele: dict | None, path: Path) -> Path | None:
@@ -156,15 +161,8 @@ def history(res: dict, path: Path) -> Path | None:
     for key, label in (("list", "list, first page of 50"), ("get", "get one"), ("admission", "admission check"),
                        ("housekeeping", "housekeeping pass")):
         ax.plot(sizes, data[key], marker="o", label=label)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xticks(sizes)
-    ax.set_xticklabels([f"{n:,}" for n in sizes])
-    ax.set_xlabel("finished missions in the bucket")
-    ax.set_ylabel("ms (median)")
-    ax.set_title("Mission history read through the index: cost vs history size", fontsize=10)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
+    _log_log(ax, sizes, [f"{n:,}" for n in sizes], "finished missions in the bucket", "ms (median)",
+             "Mission history read through the index: cost vs history size")
     return _save(fig, path)
 
 

@@ -316,8 +316,15 @@ def test_api_and_cli_page_filter_and_retain(orchestrator):
         assert api.get("/v1/missions", params={"cursor": "garbage!"}).status_code == 422
         assert api.get("/v1/missions", params={"status": "done"}).status_code == 422
         assert httpx.get(orchestrator.url("orchestrator", "/v1/missions"), timeout=5).status_code == 401
-        # the oldest ten were deleted by retention (count 30)
+        # the oldest ten were deleted by retention (count 30), and the metrics say so
         assert api.get(f"/v1/missions/{finished_mission(0, now - 7200).mission_id}").status_code == 404
+        deadline = time.monotonic() + 15
+        while True:
+            text = httpx.get(orchestrator.url("orchestrator", "/metrics"), timeout=5).text
+            if "coo_missions_finished_kept 30.0" in text or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert "coo_missions_finished_kept 30.0" in text and "coo_missions_deleted_total 10.0" in text
 
     env = {**os.environ, "COO_API_URL": orchestrator.url("orchestrator"), "COO_API_READ_TOKEN": TEST_READ_TOKEN}
     env.pop("COO_API_TOKEN", None)

@@ -36,6 +36,8 @@ QA_OVERRULED = Counter("coo_qa_overruled_total",
                        ["model"])
 BACKPRESSURE = Counter("coo_backpressure_pauses_total", "Missions hard-paused by backpressure")
 ADMISSION_REFUSED = Counter("coo_missions_refused_total", "Missions refused at admission", ["reason"])
+MISSIONS_KEPT = Gauge("coo_missions_finished_kept", "Finished missions in the missions bucket (what retention bounds)")
+MISSIONS_DELETED = Counter("coo_missions_deleted_total", "Finished missions deleted by retention")
 
 # ----------------------------------------------------------------------------- LLM
 LLM_TOKENS = Counter("coo_llm_tokens_total", "LLM tokens by model and type (input/output)", ["model", "type"])

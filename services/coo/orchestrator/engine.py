@@ -512,6 +512,7 @@ class Engine:
         counts = self.index.counts()
         for status in flow.LIVE:
             metrics.MISSIONS_ACTIVE.labels(flow.status_name(status)).set(counts.get(status, 0))
+        metrics.MISSIONS_KEPT.set(len(self.index.finished))
         metrics.DLQ_MESSAGES.set(await self.bus.dlq_size())
         await self._check_watch()
         deadline_ns = (time.time() - self.settings.mission_deadline_seconds) * 1e9
@@ -559,6 +560,7 @@ class Engine:
                     await self.bus.js.purge_stream(topology.STREAM_TIMELINE,
                                                    subject=topology.timeline_subject(mission_id))
                 deleted += 1
+                metrics.MISSIONS_DELETED.inc()
             if not await self._hold_lease():
                 break
         if deleted:
