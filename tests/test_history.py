@@ -14,6 +14,8 @@ import time
 
 import httpx
 import pytest
+
+from bench.history import finished_mission, live_mission, seed
 from coo.budget.client import SUBJECT_SET_LIMIT
 from coo.common import timeline, topology
 from coo.common.bus import Bus
@@ -30,8 +32,6 @@ from coo.orchestrator.history import (
 from coo.orchestrator.settings import OrchestratorSettings
 from coo.v1 import budget_pb2
 from coo.v1 import mission_pb2 as M
-
-from bench.history import finished_mission, live_mission, seed
 from tests.harness import TEST_READ_TOKEN, TEST_TOKEN, ServiceStack
 
 DONE, FAILED, EXECUTING, PAUSED = (M.MISSION_STATUS_COMPLETED, M.MISSION_STATUS_FAILED, M.MISSION_STATUS_EXECUTING,
