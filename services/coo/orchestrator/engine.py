@@ -93,6 +93,8 @@ class Engine:
         self._synced = asyncio.Event()
         self._watch_task: asyncio.Task | None = None
         self._seq_to_see = 0          # the bucket's last sequence at the previous housekeeping tick
+        self._rebuilding = False      # a new watch is building a fresh index (the old one serves)
+        self._watch_heard = 0.0       # when the watch last delivered something (monotonic)
         # Missions this replica admitted that its watch has not shown yet (id -> when): counted live.
         self._admitting: dict[str, float] = {}
         self._purging: dict[str, float] = {}   # purged by this replica, marker not seen yet (id -> when)
@@ -144,6 +146,8 @@ class Engine:
     def _start_watch(self) -> None:
         if self._watch_task is not None:
             self._watch_task.cancel()
+        self._rebuilding = True
+        self._watch_heard = time.monotonic()
         self._watch_task = asyncio.create_task(self._watch(), name="orchestrator-mission-index")
 
     async def _last_seq(self) -> int:
@@ -161,12 +165,13 @@ class Engine:
                 fresh = MissionIndex()
                 synced = False
                 async for entry in watcher:
+                    self._watch_heard = time.monotonic()
                     if entry is None:
                         if not synced:
                             # Everything up to `floor` was in the bucket when the watch began and has
                             # been delivered (a sequence above the last key's is a removed marker).
                             fresh.revision = max(fresh.revision, floor)
-                            self.index, synced = fresh, True
+                            self.index, synced, self._rebuilding = fresh, True, False
                             for mission_id in [k for k in self._admitting if k in fresh]:
                                 self._admitting.pop(mission_id, None)
                             self._synced.set()
@@ -191,7 +196,13 @@ class Engine:
         """A watch that has not delivered what the bucket held a housekeeping tick ago has stalled
         (a reconnect that lost its consumer): watch again, and rebuild the index from the bucket."""
         last = await self._last_seq()
-        if self._synced.is_set() and self._seq_to_see and self.index.revision < self._seq_to_see:
+        if self._rebuilding:          # a fresh index is on its way: judge the watch once it is in use
+            self._seq_to_see = 0
+            if time.monotonic() - self._watch_heard > 30:
+                log.warning("mission index rebuild has delivered nothing for 30 s; watching again")
+                self._start_watch()
+            return
+        if self._seq_to_see and self.index.revision < self._seq_to_see:
             log.warning("mission index watch is behind the bucket; watching again",
                         indexed=self.index.revision, bucket=self._seq_to_see)
             self._seq_to_see = 0
