@@ -857,7 +857,8 @@ def test_generator_output(pii, tmp_path):
     assert redaction["allow_all_keys"] is True
     assert redaction["blocked_key_patterns"] == [SECRET_KEY_PATTERN.replace("$", "$$")]
     specs = [s for s in sp.PATTERN_SPECS if pii or not s.pii]
-    body = [st_ for st_ in transform["log_statements"][0]["statements"] if st_.startswith("replace_pattern(log.body")]
+    log_statements = [s for group in transform["log_statements"] for s in group["statements"]]
+    body = [st_ for st_ in log_statements if st_.startswith("replace_pattern(log.body")]
     assert len(body) == len(specs)
     for spec, statement in zip(specs, body):       # table order kept
         assert "$" not in statement.replace("$$", "")
@@ -868,8 +869,26 @@ def test_generator_output(pii, tmp_path):
     assert len(statements) == 3 * len(specs)
     assert all(s.startswith(("replace_pattern(span.name", "replace_all_patterns(span.attributes",
                              "replace_all_patterns(spanevent.attributes")) for s in statements)
-    for s in statements + transform["log_statements"][0]["statements"]:
+    for s in statements + log_statements:
         assert s.replace("$$", "").count("$") == 0
+    # the prefilters: a group of patterns with trigger words runs only where one of its words occurs
+    # (any case); every pattern without trigger words runs always; each target's groups in table order
+    for signal in ("log_statements", "trace_statements"):
+        for group in transform[signal]:
+            regexes = [[x for x in _ottl_strings(st_.replace("$$", "$")) if x != "value"][0]
+                       for st_ in group["statements"]]
+            members = [next(s for s in specs if s.regex == rx.replace("$$", "$")) for rx in regexes]
+            if "conditions" not in group:
+                assert all(s.triggers is None for s in members)
+                continue
+            assert all(s.triggers is not None for s in members) and len(members) <= gen.GROUP_SIZE
+            (condition,) = group["conditions"]
+            prefilter = re.compile(_ottl_strings(condition.replace("$$", "$"))[-1])
+            for s in members:
+                for word in s.triggers:
+                    assert prefilter.search(word) and prefilter.search(word.upper()), (s.name, word)
+            if not pii:
+                assert not prefilter.search("an ordinary line: 12 files written in 0.4 seconds")
     blocked = [v.replace("$$", "$") for v in redaction["blocked_values"]]
     assert all(any(v == s.regex for s in specs) for v in blocked)
     assert "(?P<pre>" not in "".join(blocked)
