@@ -208,6 +208,12 @@ class Agent:
                 log.warning("agent task handed back for redelivery", task_id=task.task_id, role=role,
                             reason=str(exc), delay=exc.delay, delivery=delivery.num_delivered)
                 raise
+            except asyncio.CancelledError:
+                # the service is stopping: the bus hands the task back (a nak), another attempt follows
+                outcome = "handed_back"
+                self._annotate(span, run_, outcome)
+                span.set_status(Status(StatusCode.ERROR, "handed back: the agent stopped"))
+                raise
             except Exception as exc:
                 span.record_exception(exc)
                 span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
