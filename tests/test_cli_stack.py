@@ -85,7 +85,7 @@ def test_missions_lists_and_filters(stack, done):
     completed = as_json(coo(stack, "missions", "--status", "completed", "--since", "10m", "--limit", "5", "--json"))
     assert completed["missions"] and all(m["status"] == "completed" for m in completed["missions"])
     future = as_json(coo(stack, "missions", "--since", "2099-01-01T00:00:00Z", "--json"))
-    assert future == {"missions": [], "count": 0}
+    assert future == {"missions": [], "count": 0, "total": 0, "next_cursor": None}
     human = ok(coo(stack, "missions"))
     assert done["mission_id"] in human and "completed" in human and "FizzBuzz" in human
 

@@ -108,8 +108,15 @@ def _quantile(values: list[float], q: float) -> float | None:
 
 
 def _metrics_from_api(after: datetime) -> dict:
+    rows: list[dict] = []
     with Api() as api:
-        rows = api.get("/v1/missions", since=iso(after), limit=1000)["missions"]
+        cursor = None
+        while True:   # every page: exact, however many missions the window holds
+            page = api.get("/v1/missions", since=iso(after), limit=1000, cursor=cursor)
+            rows += page["missions"]
+            cursor = page.get("next_cursor")
+            if not cursor:
+                break
     finished = [m for m in rows if m["status"] in FINAL]
     by_status: dict[str, int] = {}
     for m in finished:
@@ -365,11 +372,13 @@ LIVE_STATES = ("created", "planning", "awaiting_approval", "executing", "reviewi
 def snapshot(api: Api, prom: Prometheus) -> dict:
     snap: dict = {"at": iso(datetime.now(timezone.utc)), "errors": []}
     try:
+        # every live mission (the index answers the filter), however old; the newest for the last hour
+        live = api.get("/v1/missions", status="live", limit=1000)["missions"]
         rows = api.get("/v1/missions", limit=1000)["missions"]
         snap["missions"] = [{"mission_id": m["mission_id"], "status": m["status"], "step": step_of(m),
                              "created_at": m["created_at"], "duration_seconds": m["duration_seconds"],
                              "cost_usd": m["cost_usd"], "budget_usd": m["budget_usd"], "retries": m["retries"],
-                             "goal": m["goal"]} for m in rows if m["status"] in LIVE_STATES]
+                             "goal": m["goal"]} for m in live if m["status"] in LIVE_STATES]
         hour_ago = datetime.now(timezone.utc) - timedelta(hours=1)
         recent = [m for m in rows if m["status"] in FINAL and m.get("finished_at")
                   and datetime.fromisoformat(m["finished_at"].replace("Z", "+00:00")) >= hour_ago]
