@@ -256,6 +256,19 @@ class ServiceStack(MissionApi):
                             headers={"Authorization": f"Bearer {TEST_TOKEN}"})
 
 
+@contextlib.contextmanager
+def process_stack(root: Path, env: dict[str, str] | None = None):
+    """Every service a real process on a nats-server of its own under ``root``; stopped at the end."""
+    nats = NatsServer(data_dir=root / "nats").start()
+    s = ServiceStack(root, nats, env=env or {})
+    try:
+        s.start()
+        yield s
+    finally:
+        s.stop()
+        nats.cleanup()
+
+
 def missing_stack_tools() -> str:
     """Why the whole embedded stack cannot start here ('' when it can)."""
     return "; ".join(f"{c.name}: {c.missing}" for c in components(StackSettings()) if c.missing)

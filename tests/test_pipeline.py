@@ -13,23 +13,15 @@ from collections import Counter
 import httpx
 import pytest
 
-from coo.common.natsserver import NatsServer
-from tests.harness import TEST_READ_TOKEN, TEST_TOKEN, ServiceStack
+from tests.harness import TEST_READ_TOKEN, TEST_TOKEN, ServiceStack, process_stack
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed (make test installs it)")
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    root = tmp_path_factory.mktemp("stack")
-    nats = NatsServer(data_dir=root / "nats").start()
-    s = ServiceStack(root, nats, env={"COO_BUDGET_ON_EXCEEDED": "fail"})
-    try:
-        s.start()
+    with process_stack(tmp_path_factory.mktemp("stack"), {"COO_BUDGET_ON_EXCEEDED": "fail"}) as s:
         yield s
-    finally:
-        s.stop()
-        nats.cleanup()
 
 
 def _types(events):

@@ -18,8 +18,7 @@ import sys
 import httpx
 import pytest
 
-from coo.common.natsserver import NatsServer
-from tests.harness import TEST_TOKEN, ServiceStack
+from tests.harness import TEST_TOKEN, ServiceStack, process_stack
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed (make test installs it)")
 
@@ -30,15 +29,8 @@ RPN_FILES = {"stack.py", "test_stack.py", "rpn.py", "test_rpn.py", "calculator.p
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    root = tmp_path_factory.mktemp("realwork")
-    nats = NatsServer(data_dir=root / "nats").start()
-    s = ServiceStack(root, nats)  # the defaults: no setting is tuned for these tests
-    try:
-        s.start()
+    with process_stack(tmp_path_factory.mktemp("realwork")) as s:  # the defaults: nothing tuned for these tests
         yield s
-    finally:
-        s.stop()
-        nats.cleanup()
 
 
 def _types(events) -> list[str]:
@@ -48,7 +40,7 @@ def _types(events) -> list[str]:
 def _coo(stack: ServiceStack, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "COO_API_URL": stack.url("orchestrator"), "COO_API_TOKEN": TEST_TOKEN}
     return subprocess.run([sys.executable, "-m", "coo.cli", *args], capture_output=True, text=True, env=env,
-                          timeout=120)
+                          timeout=120, check=False)
 
 
 def _run(stack: ServiceStack, goal: str, want=("completed", "failed", "budget_exceeded"), timeout=150.0) -> dict:
@@ -76,7 +68,7 @@ def test_a_dependent_multi_task_mission_builds_one_workspace(stack, tmp_path):
     assert "wrote 6 file(s)" in written.stdout and {p.name for p in out.iterdir()} == RPN_FILES
     # the mission's result is a working program: its tests pass here too, together
     tests = subprocess.run([sys.executable, "-m", "unittest", "-q"], cwd=out, capture_output=True, text=True,
-                           timeout=60, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+                           timeout=60, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}, check=False)
     assert tests.returncode == 0 and re.search(r"Ran \d+ tests", tests.stderr), tests.stderr
     with stack.api() as api:
         one = api.get(f"/v1/missions/{mid}/workspace/files/rpn.py")
