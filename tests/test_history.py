@@ -113,6 +113,21 @@ def test_cursors_round_trip_and_refuse_what_was_never_given():
             decode_cursor(bad)
 
 
+async def test_lists_and_admission_wait_for_the_index():
+    from unittest import mock
+
+    from nats.js.kv import KeyValue
+
+    from coo.orchestrator.engine import NotReady
+
+    engine = Engine(mock.Mock(), _settings("nats://127.0.0.1:9"))
+    engine.kv = mock.Mock(spec=KeyValue)          # connected, its index not built yet: no count of 0 live
+    with pytest.raises(NotReady, match="mission history"):
+        await engine.check_admission()
+    with pytest.raises(NotReady, match="mission history"):
+        await engine.list_missions()
+
+
 # ------------------------------------------------------------------- engines on a real server
 def _settings(url: str, **kw) -> OrchestratorSettings:
     base = {"nats_url": url, "mission_retention_count": 0, "mission_retention_seconds": 0,
