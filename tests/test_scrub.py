@@ -941,3 +941,12 @@ def test_collector_accepts_the_generated_processors(tmp_path):
         path.write_text(yaml.safe_dump(config, sort_keys=False, width=1_000_000))
         r = subprocess.run([str(collector), "validate", "--config", str(path)], capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, r.stderr[-3000:]
+
+
+def test_a_url_glued_to_a_token_loses_its_password_on_the_first_pass():
+    """Found by the idempotence property: the scheme glued to a key ("SK<hex>postgres://u:pw@h") was
+    no URL until the key was redacted, so the password leaked on the first pass."""
+    pw = rnd(12)
+    text = "SK" + "0a" * 16 + f"POSTGRES://APP:{pw}@db/coo"
+    once = scrub_text(text)
+    assert pw not in once and scrub_text(once) == once

@@ -166,14 +166,16 @@ PATTERN_SPECS: tuple[PatternSpec, ...] = (
     # --- context patterns: keep the key / the URL, redact the value -----------------------
     # URL user-info, whatever it holds (# ? @ : % ...): everything from the user's ":" to the last
     # "@" of the authority. A "/" is taken only when something other than digits precedes it, so
-    # host:port/path@x (npm scopes, /@me) stays a URL without user-info.
+    # host:port/path@x (npm scopes, /@me) stays a URL without user-info. The match starts at "://",
+    # not at the scheme: a scheme glued to a token ("SK<hex>postgres://u:pw@h") is still a URL, on
+    # the first pass, and a literal start keeps the scan linear.
     PatternSpec("url_password", "url_password",
-                r"(?P<pre>\b[A-Za-z][A-Za-z0-9+.-]{0,30}://[^" + _WS + r":/?#\"'<>\[\]]{0,256}:)"
+                r"(?P<pre>://[^" + _WS + r":/?#\"'<>\[\]]{0,256}:)"
                 r"(?P<secret>[^" + _WS + r"\"'<>/]{1,256}|[^" + _WS + r"\"'<>/]{0,256}[^" + _WS + r"\"'<>/0-9]"
                 r"[^" + _WS + r"\"'<>/]{0,256}/[^" + _WS + r"\"'<>]{0,256})(?P<post>@)",
                 ("://",)),
     PatternSpec("url_token_user", "url_password",         # https://<token>@host: a token as the user
-                r"(?P<pre>\b[A-Za-z][A-Za-z0-9+.-]{0,30}://)(?P<secret>[A-Za-z0-9_~%+-]{20,256})(?P<post>@)",
+                r"(?P<pre>://)(?P<secret>[A-Za-z0-9_~%+-]{20,256})(?P<post>@)",
                 ("://",)),
     PatternSpec("kv_json_literal", "secret",
                 r"(?im)(?P<pre>" + _KEY_WORDS + r"\\*\"[ \t]*:[ \t]*)"
