@@ -7,7 +7,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 GOOD, BAD, NEUTRAL, RAW, OURS = "#2e7d32", "#c62828", "#78909c", "#90a4ae", "#1565c0"
 

@@ -100,7 +100,8 @@ def run(goal: str = typer.Argument(..., help="What the agents should build."),
 
 
 
-STATUSES = [n.removeprefix("MISSION_STATUS_").lower() for n in mission_pb2.MissionStatus.keys()
+STATUSES = [n.removeprefix("MISSION_STATUS_").lower()
+            for n in mission_pb2.MissionStatus.keys()  # noqa: SIM118 - an enum
             if n != "MISSION_STATUS_UNSPECIFIED"]
 ROLE_OF = {"plan": "coo", "engineer": "engineer", "sandbox": "sandbox", "qa": "qa"}
 DOING = {"coo": "planning", "engineer": "writing", "sandbox": "running", "qa": "reviewing"}

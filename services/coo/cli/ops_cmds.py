@@ -9,7 +9,7 @@ import os
 import statistics
 import tempfile
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -196,7 +196,7 @@ def metrics(since: str = typer.Option("1h", "--since", callback=validate_since,
     if export is not None and export not in ("json", "csv"):
         raise typer.BadParameter("json or csv", param_hint="--export")
     after = since_option(since)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     if after >= now:
         raise typer.BadParameter("the window must start in the past", param_hint="--since")
     window_s = int((now - after).total_seconds())
@@ -370,7 +370,7 @@ LIVE_STATES = ("created", "planning", "awaiting_approval", "executing", "reviewi
 
 
 def snapshot(api: Api, prom: Prometheus) -> dict:
-    snap: dict = {"at": iso(datetime.now(timezone.utc)), "errors": []}
+    snap: dict = {"at": iso(datetime.now(UTC)), "errors": []}
     try:
         # every live mission (the index answers the filter), however old; the newest for the last hour
         live = api.get("/v1/missions", status="live", limit=1000)["missions"]
@@ -379,9 +379,9 @@ def snapshot(api: Api, prom: Prometheus) -> dict:
                              "created_at": m["created_at"], "duration_seconds": m["duration_seconds"],
                              "cost_usd": m["cost_usd"], "budget_usd": m["budget_usd"], "retries": m["retries"],
                              "goal": m["goal"]} for m in live if m["status"] in LIVE_STATES]
-        hour_ago = datetime.now(timezone.utc) - timedelta(hours=1)
+        hour_ago = datetime.now(UTC) - timedelta(hours=1)
         recent = [m for m in rows if m["status"] in FINAL and m.get("finished_at")
-                  and datetime.fromisoformat(m["finished_at"].replace("Z", "+00:00")) >= hour_ago]
+                  and datetime.fromisoformat(m["finished_at"]) >= hour_ago]
         snap["finished_last_hour"] = {st: sum(1 for m in recent if m["status"] == st)
                                       for st in sorted({m["status"] for m in recent})}
     except CliError as exc:

@@ -9,11 +9,11 @@ mutating call with the read-only token gets 403. Tokens are compared in constant
 from __future__ import annotations
 
 import hmac
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal
 
-from fastapi import Path as FastApiPath
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response, status
+from fastapi import Path as FastApiPath
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from nats.js.errors import BadRequestError as NatsBadRequest
@@ -60,8 +60,8 @@ class Alert(BaseModel):
     status: str = Field(..., max_length=20)
     labels: dict[str, str] = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)
-    startsAt: str | None = None  # noqa: N815 - Alertmanager's field names
-    endsAt: str | None = None  # noqa: N815
+    startsAt: str | None = None
+    endsAt: str | None = None
 
 
 class AlertmanagerWebhook(BaseModel):
@@ -80,18 +80,19 @@ class ErrorBody(BaseModel):
 def _ts(ts) -> str | None:
     if ts is None or (ts.seconds == 0 and ts.nanos == 0):
         return None
-    return ts.ToDatetime(tzinfo=timezone.utc).isoformat().replace("+00:00", "Z")
+    return ts.ToDatetime(tzinfo=UTC).isoformat().replace("+00:00", "Z")
 
 
 def _outcome(value: int) -> str:
-    return sandbox_pb2.SandboxOutcome.Name(sandbox_pb2.SandboxOutcome.ValueType(value)).removeprefix("SANDBOX_OUTCOME_").lower()
+    name = sandbox_pb2.SandboxOutcome.Name(sandbox_pb2.SandboxOutcome.ValueType(value))
+    return name.removeprefix("SANDBOX_OUTCOME_").lower()
 
 
 def mission_view(m: mission_pb2.Mission, *, with_files: bool = True) -> dict[str, Any]:
     end = m.finished_at if m.finished_at.seconds else None
     duration = None
     if m.created_at.seconds:
-        end_ns = end.ToNanoseconds() if end else int(datetime.now(timezone.utc).timestamp() * 1e9)
+        end_ns = end.ToNanoseconds() if end else int(datetime.now(UTC).timestamp() * 1e9)
         duration = round((end_ns - m.created_at.ToNanoseconds()) / 1e9, 3)
     view: dict[str, Any] = {
         "mission_id": m.mission_id,
@@ -184,7 +185,7 @@ def create_api(engine: Engine, token: str, read_token: str | None = None) -> Fas
     bearer = HTTPBearer(auto_error=False)
     tokens = [(OPERATOR, token.encode())] + ([(READER, read_token.encode())] if read_token else [])
 
-    def who_is(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> str:
+    def who_is(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> str:  # noqa: B008
         if creds is None or creds.scheme.lower() != "bearer":
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing bearer token (Authorization: Bearer …)",
                                 headers={"WWW-Authenticate": "Bearer"})
@@ -232,7 +233,8 @@ def create_api(engine: Engine, token: str, read_token: str | None = None) -> Fas
     async def list_missions(status_: str | None = Query(None, alias="status", pattern="^[a-z_,]+$", max_length=200,
                                                         description="a status, several comma-separated, or "
                                                                     "`live` / `final` for every live or final one"),
-                            since: datetime | None = Query(None, description="ISO-8601; missions created after"),
+                            since: datetime | None = Query(  # noqa: B008
+                                None, description="ISO-8601; missions created after"),
                             limit: int = Query(50, ge=1, le=1000),
                             cursor: str | None = Query(None, max_length=200,
                                                        description="the `next_cursor` of the previous page")):
@@ -256,7 +258,7 @@ def create_api(engine: Engine, token: str, read_token: str | None = None) -> Fas
             raise HTTPException(422, str(exc)) from None
         since_ns = None
         if since is not None:
-            since_ns = int((since if since.tzinfo else since.replace(tzinfo=timezone.utc)).timestamp() * 1e9)
+            since_ns = int((since if since.tzinfo else since.replace(tzinfo=UTC)).timestamp() * 1e9)
         missions, after, total = await engine.list_missions(statuses, since_ns=since_ns, before=before, limit=limit)
         out = [mission_view(m, with_files=False) for m in missions]
         return {"missions": out, "count": len(out), "total": total,

@@ -14,10 +14,10 @@ import os
 import time
 import uuid
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
-from nats.js.errors import InvalidKeyError, KeyNotFoundError, KeyWrongLastSequenceError
 from google.protobuf.message import Message
+from nats.js.errors import InvalidKeyError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from opentelemetry import context, propagate, trace
 from opentelemetry.trace import SpanKind
@@ -46,7 +46,7 @@ SYSTEM_TIMELINE = "system"   # coo.timeline.system: events that concern no singl
 
 def _period_end(scope: str) -> str:
     """When a daily or monthly budget resets (UTC)."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     if scope == "daily":
         end = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
     else:
@@ -460,7 +460,7 @@ class Engine:
             blocks = json.loads(entry.value or b"{}")
         except KeyNotFoundError:
             return {}
-        now_iso = datetime.now(timezone.utc).isoformat()
+        now_iso = datetime.now(UTC).isoformat()
         return {scope: b for scope, b in blocks.items() if b.get("until", "") > now_iso}
 
     async def on_alerts(self, payload: dict) -> dict:
@@ -491,7 +491,7 @@ class Engine:
             except KeyNotFoundError:
                 blocks, revision = {}, None
             if closed:
-                blocks[scope] = {"since": datetime.now(timezone.utc).isoformat(), "until": _period_end(scope),
+                blocks[scope] = {"since": datetime.now(UTC).isoformat(), "until": _period_end(scope),
                                  "summary": summary}
             else:
                 blocks.pop(scope, None)
@@ -502,7 +502,7 @@ class Engine:
                 else:
                     await self.store.update(ADMISSION_KEY, data, last=revision)
                 return
-            except Exception:  # noqa: BLE001 - lost a race with another replica: read again
+            except Exception:  # noqa: BLE001, S112 - lost a race with another replica: read again
                 continue
 
     # -------------------------------------------------------------- housekeeping
@@ -634,7 +634,6 @@ class _Attached:
 
     def __enter__(self):
         self._token = context.attach(self._ctx)
-        return None
 
     def __exit__(self, *exc):
         context.detach(self._token)

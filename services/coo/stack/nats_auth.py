@@ -269,7 +269,7 @@ class NatsAuth:
     _hashes: dict[str, tuple[str, str]] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def for_state(cls, state: Path, **kwargs: Any) -> "NatsAuth":
+    def for_state(cls, state: Path, **kwargs: Any) -> NatsAuth:
         return cls(secrets_dir(state), **kwargs)
 
     def password_file(self, user: str) -> Path:
@@ -278,7 +278,7 @@ class NatsAuth:
     def password(self, user: str) -> str:
         return self.password_file(user).read_text().strip()
 
-    def ensure_passwords(self) -> "NatsAuth":
+    def ensure_passwords(self) -> NatsAuth:
         """A random password per user, written once (0600, in a 0700 directory) and reused."""
         self.secrets_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.secrets_dir, 0o700)
@@ -372,7 +372,7 @@ async def ensure_own_topology(bus: Any, *, wait_seconds: float = 120.0, poll: fl
             try:
                 await js.stream_info(stream)
                 break
-            except (nats.js.errors.NotFoundError, nats.errors.TimeoutError, asyncio.TimeoutError):
+            except (TimeoutError, nats.js.errors.NotFoundError, nats.errors.TimeoutError):
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"stream {stream} was not declared within {wait_seconds:.0f}s "
                                        "(the orchestrator declares the streams: is it running?)") from None
