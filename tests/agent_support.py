@@ -11,6 +11,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
 from coo.agent import roles
 from coo.agent.service import start
 from coo.agent.settings import AgentSettings
@@ -19,8 +22,6 @@ from coo.common.bus import Bus
 from coo.common.natsserver import free_port
 from coo.common.service import serve_service
 from coo.v1 import agent_pb2, budget_pb2
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
 
 SECRET_KEY = "sk-test-agentKEY0123456789abcdefDoNotLeak"
 GOAL = "write a function that parses ISO dates, with tests"

@@ -134,7 +134,7 @@ def test_backpressure_hard_pauses_a_large_plan():
 
 
 def test_budget_refusal_fails_or_pauses():
-    refusal = lambda m: agent_pb2.AgentResult(task_id=m.awaiting, mission_id="m-1", ok=False,  # noqa: E731
+    refusal = lambda m: agent_pb2.AgentResult(task_id=m.awaiting, mission_id="m-1", ok=False,
                                               error_kind=agent_pb2.ERROR_KIND_BUDGET_EXCEEDED, error="mission limit")
     m = _mission()
     step = flow.on_agent_result(m, refusal(m), POLICY)

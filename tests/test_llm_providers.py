@@ -11,7 +11,6 @@ import time
 from coo.agent.ratelimit import Limits, RateLimiter
 from coo.mockllm.scenarios import DEFAULT_SECRET
 from coo.v1 import agent_pb2, common_pb2
-
 from tests.agent_support import make_task, publish, running_agent
 
 PLAN = json.dumps({"tasks": [{"title": "Stack", "description": "stack.py with tests"}]})

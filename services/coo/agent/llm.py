@@ -315,7 +315,7 @@ class LLMClient:
                         error = classify(exc)
                         error.settled = call.seen
                         raise error from exc
-                except Exception as exc:  # noqa: BLE001 - classified, never leaked raw
+                except Exception as exc:
                     error = classify(exc)
                     error.settled = call.seen
                     raise error from exc

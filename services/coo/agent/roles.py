@@ -42,7 +42,7 @@ import re
 import string
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from typing import Any
 
@@ -86,7 +86,7 @@ def parse_template(name: str, text: str) -> PromptTemplate:
                           string.Template("\n".join(parts["user"])))
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_template(name: str) -> PromptTemplate:
     text = resources.files("coo.agent").joinpath("prompts", f"{name}.md").read_text(encoding="utf-8")
     return parse_template(name, text)
@@ -184,7 +184,7 @@ class Artifact(_Answer):
         return value
 
     @model_validator(mode="after")
-    def _unique(self) -> "Artifact":
+    def _unique(self) -> Artifact:
         names = [f.name for f in self.files]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
@@ -484,5 +484,15 @@ def repair_of(conversation: Conversation, spec: RoleSpec, answer: str, error: st
                         repair=(answer, request))
 
 
-__all__ = ["SPECS", "ROLE_NAMES", "RoleSpec", "Conversation", "PromptTooLarge", "fit", "conversation_for",
-           "repair_of", "parse_answer", "truncate"]
+__all__ = [
+    "ROLE_NAMES",
+    "SPECS",
+    "Conversation",
+    "PromptTooLarge",
+    "RoleSpec",
+    "conversation_for",
+    "fit",
+    "parse_answer",
+    "repair_of",
+    "truncate",
+]

@@ -175,7 +175,7 @@ class Agent:
                     outcome = failure.label
                 except Retry:
                     raise
-                except Exception as exc:  # noqa: BLE001 - a bug: retried, then reported
+                except Exception as exc:
                     if delivery.num_delivered < self.settings.agent_final_delivery:
                         raise
                     span.record_exception(exc)
@@ -430,7 +430,7 @@ def _llm_check(settings: AgentSettings, llm: LLMClient):
     async def check() -> tuple[bool, str]:
         try:
             _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout=2.0)
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             return False, f"{host}:{port} unreachable ({type(exc).__name__})"
         writer.close()
         return True, f"{host}:{port} reachable; {llm.describe()}"

@@ -8,11 +8,10 @@ The API key is a ``SecretStr``: it is never logged, put on a span or passed on a
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import NoDecode
-from typing_extensions import Annotated
 
 from coo.common.config import CommonSettings
 
