@@ -257,6 +257,50 @@ async def test_retention_deletes_finished_missions_by_age_and_count_never_live_o
         await _close(a, b)
 
 
+class _MarkerFirst:
+    """A real KV watcher whose end-of-initial-values marker is delivered before the values: the
+    order nats-py produces when the consumer's info reply overtakes the pushed messages (seen in CI
+    under load: a second replica built an empty index from a bucket of 43 missions)."""
+
+    def __init__(self, watcher) -> None:
+        self.watcher = watcher
+
+    async def stop(self) -> None:
+        await self.watcher.stop()
+
+    async def __aiter__(self):
+        held: list | None = []
+        async for entry in self.watcher:
+            if held is None:              # after the marker: as they come
+                yield entry
+            elif entry is None:
+                yield None
+                await asyncio.sleep(0.3)  # the values still on their way
+                for e in held:
+                    yield e
+                held = None
+            else:
+                held.append(entry)
+
+
+async def test_a_marker_ahead_of_the_values_does_not_empty_the_index(bucket, monkeypatch):
+    _, kv, server = bucket
+    now = time.time()
+    await seed(kv, [finished_mission(i, now - 3600 + i) for i in range(40)]
+               + [live_mission(1000 + i, now - 60 + i) for i in range(3)])
+    real_watchall = type(kv).watchall
+
+    async def marker_first(self, **kw):
+        return _MarkerFirst(await real_watchall(self, **kw))
+
+    monkeypatch.setattr(type(kv), "watchall", marker_first)
+    a = await _engine(server.url, "orch-a", max_live_missions=5)
+    try:
+        assert len(a.index) == 43 and a.live_count() == 3
+    finally:
+        await _close(a)
+
+
 async def test_the_index_survives_a_nats_restart(bucket):
     _, kv, server = bucket
     now = time.time()

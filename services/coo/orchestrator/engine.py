@@ -151,36 +151,45 @@ class Engine:
         self._watch_task = asyncio.create_task(self._watch(), name="orchestrator-mission-index")
 
     async def _last_seq(self) -> int:
-        status = await self.store.status()
-        return int(status.stream_info.state.last_seq or 0)
+        return (await self._bucket_state())[0]
+
+    async def _bucket_state(self) -> tuple[int, int]:
+        """The bucket stream's last sequence and how many messages it holds."""
+        state = (await self.store.status()).stream_info.state
+        return int(state.last_seq or 0), int(state.messages or 0)
 
     async def _watch(self) -> None:
         """Feed the index from a watch of the whole bucket. A new watch builds a fresh index, which
-        replaces the one in use once it holds every key (the old one serves until then)."""
+        replaces the one in use once it holds every key (the old one serves until then).
+
+        The watcher's end-of-initial-values marker (``None``) can come *before* the values: nats-py
+        sends it when the consumer reports nothing pending and its subscription has counted no
+        delivery yet, which is also true while the whole initial burst sits in the client's buffer.
+        So a marker that arrives before any value, from a bucket that holds messages, is not trusted:
+        the index is in sync at the value the server sent with nothing pending after it."""
         while True:
             watcher = None
             try:
-                floor = await self._last_seq()
+                floor, held = await self._bucket_state()
                 watcher = await self.store.watchall()
                 fresh = MissionIndex()
-                synced = False
+                synced = marker_seen = False
+                applied = 0
                 async for entry in watcher:
                     self._watch_heard = time.monotonic()
                     if entry is None:
-                        if not synced:
-                            # Everything up to `floor` was in the bucket when the watch began and has
-                            # been delivered (a sequence above the last key's is a removed marker).
-                            fresh.revision = max(fresh.revision, floor)
-                            self.index, synced, self._rebuilding = fresh, True, False
-                            for mission_id in [k for k in self._admitting if k in fresh]:
-                                self._admitting.pop(mission_id, None)
-                            self._synced.set()
+                        marker_seen = True
+                        if not synced and (applied or not held):
+                            synced = self._use_fresh_index(fresh, floor)
                         continue
                     fresh.apply(entry.key, entry.value, entry.operation, entry.revision, entry.created)
+                    applied += 1
                     if synced:
                         self._admitting.pop(entry.key, None)
                         if entry.key in self._purging and entry.key not in fresh:
                             self._purging.pop(entry.key, None)
+                    elif marker_seen and entry.delta == 0:
+                        synced = self._use_fresh_index(fresh, floor)
                 return
             except asyncio.CancelledError:
                 raise
@@ -191,6 +200,17 @@ class Engine:
                 if watcher is not None:
                     with contextlib.suppress(Exception):
                         await watcher.stop()
+
+    def _use_fresh_index(self, fresh: MissionIndex, floor: int) -> bool:
+        """The watch has delivered every key the bucket held when it began: serve from ``fresh``."""
+        # Everything up to `floor` was in the bucket when the watch began and has been delivered
+        # (a sequence above the last key's is a removed marker).
+        fresh.revision = max(fresh.revision, floor)
+        self.index, self._rebuilding = fresh, False
+        for mission_id in [k for k in self._admitting if k in fresh]:
+            self._admitting.pop(mission_id, None)
+        self._synced.set()
+        return True
 
     async def _check_watch(self) -> None:
         """A watch that has not delivered what the bucket held a housekeeping tick ago has stalled
