@@ -89,7 +89,7 @@ from nats.js import JetStreamContext, api
 
 from coo.budget.pricing import Pricing, nusd_to_usd, usd_to_nusd
 from coo.budget.settings import BudgetSettings
-from coo.common import metrics, topology
+from coo.common import kvscan, metrics, topology
 from coo.common.telemetry import get_logger
 from coo.v1 import budget_pb2
 
@@ -1104,23 +1104,9 @@ class Ledger:
     # ----------------------------------------------------------------------- sweeper
     async def scan(self, prefix: str) -> list[tuple[str, bytes, int]]:
         """A snapshot of the latest values under ``prefix`` (e.g. ``res.>``)."""
-        out: list[tuple[str, bytes, int]] = []
         if self._kv is None:
             self._kv = await self.js.key_value(self.bucket)
-        watcher = await self._kv.watch(prefix, ignore_deletes=True, inactive_threshold=30)
-        try:
-            while True:
-                try:
-                    entry = await watcher.updates(timeout=5.0)
-                except nats.errors.TimeoutError:
-                    break
-                if entry is None:
-                    break
-                if entry.value:
-                    out.append((entry.key, entry.value, entry.revision))
-        finally:
-            await watcher.stop()
-        return out
+        return [(e.key, e.value, e.revision) for e in await kvscan.latest(self.js, self._kv, prefix) if e.value]
 
     async def sweep(self) -> tuple[int, Effects]:
         """Release expired reservations and finish half-done ones. Returns how many expired."""

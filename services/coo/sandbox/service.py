@@ -16,7 +16,7 @@ from nats.js.kv import KeyValue
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
-from coo.common import metrics, topology
+from coo.common import kvscan, metrics, topology
 from coo.common.bus import Bus, Delivery, InvalidMessage, Retry
 from coo.common.service import ServiceContext, run
 from coo.common.telemetry import get_logger, trace_exemplar
@@ -92,19 +92,11 @@ class SandboxService:
 
     async def recover(self) -> None:
         """Runs left ``running`` by a crash are marked failed (not run again)."""
-        try:
-            keys = await self.kv.keys()
-        except Exception:  # NoKeysError on an empty bucket  # noqa: BLE001
-            return
         marked = 0
-        for key in keys:
-            try:
-                entry = await self.kv.get(key)
-            except KeyNotFoundError:
-                continue
+        for entry in await kvscan.latest(self.bus.js, self.kv):
             r = sandbox_pb2.SandboxResult.FromString(entry.value or b"")
             if r.outcome == sandbox_pb2.SANDBOX_OUTCOME_UNSPECIFIED and self._deadline_passed(r):
-                if await self._mark_crashed(key, r, entry.revision):
+                if await self._mark_crashed(entry.key, r, entry.revision):
                     marked += 1
         if marked:
             log.warning("runs left running by a crash marked failed", runs=marked)
