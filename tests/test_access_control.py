@@ -30,10 +30,11 @@ import nats.js.errors
 import pytest
 from nats.js.api import ConsumerConfig, StreamConfig
 
-from coo.common import topology as T
 from coo.common import timeline
+from coo.common import topology as T
 from coo.common.bus import Bus
 from coo.common.config import CommonSettings
+from coo.common.declare import declare as declare_topology
 from coo.common.natsserver import NatsServer
 from coo.common.scrub import scrub_text
 from coo.common.secret_patterns import PATTERN_SPECS, PY_FLAGS
@@ -204,12 +205,12 @@ def server(tmp_path_factory):
     async def declare() -> None:
         conns = {u: await Conn.open(srv, auth, u) for u in SERVICE_USERS}
         try:
-            others = [asyncio.create_task(nats_auth.ensure_own_topology(conns[u].bus, wait_seconds=20))
+            others = [asyncio.create_task(declare_topology(conns[u].bus.js, conns[u].bus.settings, wait_seconds=20))
                       for u in ("agent", "budget", "sandbox")]
             await asyncio.sleep(0.5)
             assert not any(t.done() for t in others), "a service declared before the streams existed"
-            assert await nats_auth.ensure_own_topology(conns["orchestrator"].bus)
-            assert await asyncio.gather(*others) == [True, True, True]
+            await declare_topology(conns["orchestrator"].bus.js, conns["orchestrator"].bus.settings)
+            await asyncio.gather(*others)
             for c in conns.values():
                 assert not c.errors, c.errors
         finally:

@@ -45,6 +45,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from coo.common import metrics, topology
 from coo.common.config import CommonSettings
+from coo.common.declare import declare
 from coo.common.scrub import scrub_text
 from coo.common.spans import LeanTracer
 from coo.common.telemetry import debug_enabled, get_logger
@@ -407,12 +408,10 @@ class Bus:
 
         options: dict[str, Any] = {}
         if settings.nats_user:
-            from coo.stack.nats_auth import inbox_prefix
-
             options["user"] = settings.nats_user
             options["password"] = settings.nats_password.get_secret_value() if settings.nats_password else ""
             # The only inbox this user's permissions allow: replies to its requests land there.
-            options["inbox_prefix"] = inbox_prefix(settings.nats_user)
+            options["inbox_prefix"] = topology.inbox_prefix(settings.nats_user)
         nc = await nats.connect(
             servers=servers or settings.nats_servers(), name=service,
             max_reconnect_attempts=-1, reconnect_time_wait=0.5, connect_timeout=connect_timeout,
@@ -465,30 +464,8 @@ class Bus:
     # -------------------------------------------------------------------- topology
     async def ensure_topology(self) -> None:
         """Declare the topology: with a service's own NATS user only its own part (and wait for
-        the streams it uses but does not own, see ``coo.stack.nats_auth``), else all of it."""
-        if self.settings.nats_user:
-            from coo.stack.nats_auth import ensure_own_topology
-
-            if await ensure_own_topology(self):
-                return
-        for config in topology.streams(self.settings):
-            await self._ensure_stream(config)
-        for spec in topology.consumers().values():
-            await self.js.add_consumer(spec.stream, config=spec.config)
-        for config in topology.buckets():
-            await self._ensure_bucket(config)
-
-    async def _ensure_stream(self, config) -> None:
-        try:
-            await self.js.add_stream(config=config)
-        except nats.js.errors.BadRequestError:
-            await self.js.update_stream(config=config)
-
-    async def _ensure_bucket(self, config) -> None:
-        try:
-            await self.js.create_key_value(config=config)
-        except nats.js.errors.BadRequestError:
-            await self.js.key_value(config.bucket)
+        the streams it uses but does not own), else all of it (see ``coo.common.declare``)."""
+        await declare(self.js, self.settings)
 
     async def kv(self, bucket: str) -> KeyValue:
         return await self.js.key_value(bucket)

@@ -19,6 +19,9 @@ class CommonSettings(BaseSettings):
 
     nats_url: str = Field("nats://127.0.0.1:4222", description="NATS server URL(s), comma-separated")
     nats_user: str | None = Field(None, description="NATS user of this service")
+    nats_replicas: int = Field(
+        1, ge=1, le=5, description="copies of every stream and KV bucket (1 on one server, 3 on a cluster of three); "
+        "changing it on a running system scales them (see docs/operations.md)")
     nats_password: SecretStr | None = Field(None, description="NATS password of this service")
     nats_password_file: Path | None = Field(
         None, description="file holding the NATS password (preferred: no secret in the environment)")

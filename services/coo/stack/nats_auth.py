@@ -9,9 +9,8 @@ of the bus topology (``coo.common.topology``) it declares or waits for. From it 
   under ``<state>/secrets/`` (:meth:`NatsAuth.ensure_passwords`); a service reads its own through
   ``COO_NATS_PASSWORD_FILE`` (:class:`coo.common.config.CommonSettings`), so no secret is ever in a
   command line, in supervisord's configuration or in the environment;
-* :func:`ensure_own_topology`, the scoped ``Bus.ensure_topology``: with per-service users a service
-  may not create what it does not own, so it declares its own streams, consumers and KV buckets and
-  waits for the ones it only uses (the orchestrator owns the streams).
+* the permissions to declare exactly the part of the topology each user declares
+  (:data:`coo.common.topology.SCOPES`, used by :mod:`coo.common.declare`).
 
 Users (subjects in ``docs/security.md``):
 
@@ -38,16 +37,15 @@ stack's init container, or by hand after removing a password file to rotate it).
 from __future__ import annotations
 
 import argparse
-import asyncio
-import ctypes
 import json
 import os
 import secrets
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import bcrypt
 
 from coo.common import topology as T
 from coo.stack.render import atomic_write
@@ -56,18 +54,12 @@ API = "$JS.API"
 SERVICE_USERS = ("orchestrator", "agent", "budget", "sandbox")
 ADMIN = "admin"
 USERS = (*SERVICE_USERS, ADMIN)
-AGENT_ROLES = ("coo", "engineer", "qa")
 #: bcrypt cost of the hashes in the server config (nats-server checks each CONNECT against it).
 BCRYPT_COST = 11
 
 
-def inbox_prefix(user: str) -> str:
-    """The inbox prefix of a user: replies to its requests arrive under ``<prefix>.>`` only."""
-    return f"_INBOX_{user}"
-
-
-def _kv(bucket: str) -> str:
-    return f"KV_{bucket}"
+inbox_prefix = T.inbox_prefix
+_kv = T.bucket_stream
 
 
 # ------------------------------------------------------------------- permission building blocks
@@ -104,22 +96,12 @@ def _bucket_owner(bucket: str) -> list[str]:
 
 
 @dataclass(frozen=True)
-class Scope:
-    """The part of the topology a user declares, and the streams it waits for (declared by another)."""
-
-    streams: tuple[str, ...] = ()
-    consumers: tuple[str, ...] = ()
-    buckets: tuple[str, ...] = ()
-    waits_for: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
 class Role:
     user: str
     publish: tuple[str, ...]
     subscribe: tuple[str, ...]
     allow_responses: bool = False
-    scope: Scope | None = None   # None: declares the whole topology (admin)
+    scope: T.Scope | None = None   # None: declares the whole topology (admin)
     doc: str = ""
 
     def permissions(self) -> dict[str, Any]:
@@ -135,10 +117,10 @@ def _dedupe(items: Iterable[str]) -> tuple[str, ...]:
 
 
 def _roles() -> dict[str, Role]:
-    work = [T.STREAM_TASKS, T.STREAM_RESULTS, T.STREAM_SANDBOX, T.STREAM_CONTROL]
-    all_streams = [*work, T.STREAM_TIMELINE, T.STREAM_DLQ]
-    orch_consumers = ("orchestrator-agent-results", "orchestrator-sandbox-results", "orchestrator-control")
-    agent_consumers = tuple(f"agent-{r}" for r in AGENT_ROLES)
+    work = list(T.WORK_STREAMS)
+    all_streams = list(T.ALL_STREAMS)
+    orch_consumers = T.ORCHESTRATOR_CONSUMERS
+    agent_consumers = T.AGENT_CONSUMERS
     budget = f"{T.BUDGET}."
     roles = [
         Role(
@@ -160,7 +142,7 @@ def _roles() -> dict[str, Role]:
                 budget + "set_limit", budget + "status",
             ]),
             subscribe=(inbox_prefix("orchestrator") + ".>",),
-            scope=Scope(streams=tuple(all_streams), consumers=orch_consumers, buckets=(T.BUCKET_MISSIONS,)),
+            scope=T.SCOPES["orchestrator"],
             doc="declares the streams; runs missions; reads the timeline and the DLQ, replays dead letters",
         ),
         Role(
@@ -172,7 +154,7 @@ def _roles() -> dict[str, Role]:
                 budget + "reserve", budget + "settle", budget + "release",
             ]),
             subscribe=(inbox_prefix("agent") + ".>",),
-            scope=Scope(consumers=agent_consumers, waits_for=(T.STREAM_TASKS, T.STREAM_RESULTS)),
+            scope=T.SCOPES["agent"],
             doc="takes tasks of its roles, publishes results, reserves and settles budget through the service",
         ),
         Role(
@@ -184,7 +166,7 @@ def _roles() -> dict[str, Role]:
             # nats.micro: its endpoints (queue group) and discovery ($SRV.PING|INFO|STATS[.budget[.<id>]])
             subscribe=(budget + "*", "$SRV.*", "$SRV.*.budget", "$SRV.*.budget.*", inbox_prefix("budget") + ".>"),
             allow_responses=True,
-            scope=Scope(buckets=(T.BUCKET_BUDGET,), waits_for=(T.STREAM_TIMELINE,)),
+            scope=T.SCOPES["budget"],
             doc="owns the ledger (coo_budget KV) and serves coo.budget.* requests",
         ),
         Role(
@@ -194,8 +176,7 @@ def _roles() -> dict[str, Role]:
                 *_consumer("sandbox-runs"), *_bucket_owner(T.BUCKET_SANDBOX_RUNS), T.SANDBOX_RESULTS,
             ]),
             subscribe=(inbox_prefix("sandbox") + ".>",),
-            scope=Scope(consumers=("sandbox-runs",), buckets=(T.BUCKET_SANDBOX_RUNS,),
-                        waits_for=(T.STREAM_SANDBOX, T.STREAM_RESULTS)),
+            scope=T.SCOPES["sandbox"],
             doc="takes sandbox runs, keeps them by run id (coo_sandbox_runs KV), publishes results",
         ),
         Role(ADMIN, publish=(">",), subscribe=(">",), doc="operators and tests; no service uses it"),
@@ -208,51 +189,13 @@ ROLES: dict[str, Role] = _roles()
 
 
 # ------------------------------------------------------------------------------ passwords
-def _libcrypt():
-    try:
-        lib = ctypes.CDLL("libcrypt.so.1")
-        lib.crypt_gensalt_rn.restype = ctypes.c_char_p
-        lib.crypt_gensalt_rn.argtypes = [ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p, ctypes.c_int,
-                                         ctypes.c_char_p, ctypes.c_int]
-        lib.crypt_rn.restype = ctypes.c_char_p
-        lib.crypt_rn.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_void_p, ctypes.c_int]
-        return lib
-    except (OSError, AttributeError):
-        return None
-
-
-def bcrypt_hash(password: str, cost: int = BCRYPT_COST) -> str | None:
-    """A ``$2a$`` bcrypt hash (the prefix every nats-server accepts): from the ``bcrypt`` package if
-    installed, else from the C library's libxcrypt; None when neither is there."""
-    try:
-        import bcrypt  # type: ignore[import-not-found]
-
-        return bcrypt.hashpw(password.encode(), bcrypt.gensalt(cost, prefix=b"2a")).decode()
-    except ImportError:
-        pass
-    lib = _libcrypt()
-    if lib is None:
-        return None
-    salt = ctypes.create_string_buffer(64)
-    rnd = os.urandom(16)
-    if not lib.crypt_gensalt_rn(b"$2a$", cost, rnd, len(rnd), salt, len(salt)):
-        return None
-    data = ctypes.create_string_buffer(1 << 16)  # struct crypt_data
-    out = lib.crypt_rn(password.encode(), salt.value, data, len(data))
-    if not out or not out.startswith(b"$2a$"):
-        return None
-    return out.decode()
+def bcrypt_hash(password: str, cost: int = BCRYPT_COST) -> str:
+    """A ``$2a$`` bcrypt hash (the prefix every nats-server accepts)."""
+    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(cost, prefix=b"2a")).decode()
 
 
 def bcrypt_check(password: str, hashed: str) -> bool:
-    lib = _libcrypt()
-    if lib is None:
-        import bcrypt  # type: ignore[import-not-found]
-
-        return bcrypt.checkpw(password.encode(), hashed.encode())
-    data = ctypes.create_string_buffer(1 << 16)
-    out = lib.crypt_rn(password.encode(), hashed.encode(), data, len(data))
-    return bool(out) and secrets.compare_digest(out, hashed.encode())
+    return bcrypt.checkpw(password.encode(), hashed.encode())
 
 
 @dataclass
@@ -291,8 +234,7 @@ class NatsAuth:
         return self
 
     def _stored(self, user: str) -> str:
-        """What the server config holds for a user: a bcrypt hash (the plain password only where
-        no bcrypt implementation exists; the config file is 0600 either way)."""
+        """What the server config holds for a user: a bcrypt hash (the config file is 0600 too)."""
         password = self.password(user)
         if user == self.no_auth_user:
             return password  # nats-server maps credential-less connections to it only when stored plain
@@ -346,59 +288,7 @@ def prepare(state: Path, server_name: str | None = None) -> NatsAuth:
     return auth
 
 
-# ------------------------------------------------------------------- the scoped ensure_topology
-async def ensure_own_topology(bus: Any, *, wait_seconds: float = 120.0, poll: float = 0.25) -> bool:
-    """``Bus.ensure_topology`` for a service with its own NATS user: wait for the streams its role
-    uses but does not own, then declare the streams, KV buckets and consumers it owns.
-
-    Returns False (nothing done) when the connection has no user or the user declares everything
-    (admin, or a user outside the table): the caller then declares the whole topology."""
-    import nats.errors
-    import nats.js.errors
-
-    from coo.common.telemetry import get_logger
-
-    user = getattr(bus.settings, "nats_user", None)
-    role = ROLES.get(user or "")
-    if role is None or role.scope is None:
-        return False
-    scope = role.scope
-    log = get_logger("coo.bus")
-    js = bus.js
-    deadline = time.monotonic() + wait_seconds
-    for stream in scope.waits_for:
-        said = False
-        while True:
-            try:
-                await js.stream_info(stream)
-                break
-            except (TimeoutError, nats.js.errors.NotFoundError, nats.errors.TimeoutError):
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"stream {stream} was not declared within {wait_seconds:.0f}s "
-                                       "(the orchestrator declares the streams: is it running?)") from None
-                if not said:
-                    log.info("waiting for a stream the orchestrator declares", stream=stream, user=user)
-                    said = True
-                await asyncio.sleep(poll)
-    for config in T.streams(bus.settings):
-        if config.name in scope.streams:
-            try:
-                await js.add_stream(config=config)
-            except nats.js.errors.BadRequestError:
-                await js.update_stream(config=config)
-    for config in T.buckets():
-        if config.bucket in scope.buckets:
-            try:
-                await js.create_key_value(config=config)
-            except nats.js.errors.BadRequestError:
-                await js.key_value(config.bucket)
-    specs = T.consumers()
-    for name in scope.consumers:
-        await js.add_consumer(specs[name].stream, config=specs[name].config)
-    return True
-
-
-# ------------------------------------------------------------------------------- the docs
+# ----------------------------------------------------------------------------- docs
 def markdown_table() -> str:
     """The permission table as Markdown (docs/security.md holds this text; a test compares)."""
     rows = ["| user | role | may publish (and JetStream API) | may subscribe |", "|---|---|---|---|"]
