@@ -12,10 +12,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal
+from typing import Protocol
 
-from coo.budget.settings import BudgetSettings, ModelPrice
+from pydantic import BaseModel, Field
 
 NANO = 1_000_000_000
+
+
+class ModelPrice(BaseModel):
+    """USD per million tokens."""
+
+    input_per_mtok: float = Field(ge=0)
+    output_per_mtok: float = Field(ge=0)
+
 
 DEFAULT_PRICES: dict[str, ModelPrice] = {
     # the deterministic mock LLM (coo.mockllm): invented, but not free, so budgets are exercised
@@ -52,6 +61,16 @@ class Price:
         return int(exact.to_integral_value(rounding=ROUND_CEILING))
 
 
+class PricingSettings(Protocol):
+    """What :meth:`Pricing.from_settings` reads (``BudgetSettings`` has it): pricing is the domain,
+    the settings module depends on it, not the other way round."""
+
+    budget_default_input_per_mtok: float
+    budget_default_output_per_mtok: float
+
+    def price_table(self) -> dict[str, ModelPrice]: ...
+
+
 class Pricing:
     """Looks a model up: exact name, then the longest known name that is a prefix followed by
     ``-`` (dated snapshots such as ``gpt-4o-mini-2024-07-18``), after dropping a ``provider/``
@@ -62,7 +81,7 @@ class Pricing:
         self._default = default
 
     @classmethod
-    def from_settings(cls, settings: BudgetSettings) -> "Pricing":
+    def from_settings(cls, settings: PricingSettings) -> Pricing:
         return cls(settings.price_table(), ModelPrice(input_per_mtok=settings.budget_default_input_per_mtok,
                                                      output_per_mtok=settings.budget_default_output_per_mtok))
 

@@ -11,16 +11,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
+from coo.budget.pricing import DEFAULT_PRICES, ModelPrice
 from coo.common.config import CommonSettings
-
-
-class ModelPrice(BaseModel):
-    """USD per million tokens."""
-
-    input_per_mtok: float = Field(ge=0)
-    output_per_mtok: float = Field(ge=0)
 
 
 class BudgetSettings(CommonSettings):
@@ -61,8 +55,6 @@ class BudgetSettings(CommonSettings):
     budget_cas_deadline_seconds: float = Field(4.0, gt=0, description="give up a contended compare-and-set after this")
 
     def price_table(self) -> dict[str, ModelPrice]:
-        from coo.budget.pricing import DEFAULT_PRICES
-
         table = dict(DEFAULT_PRICES)
         table.update(self.budget_pricing)
         return table
