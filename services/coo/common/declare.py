@@ -34,6 +34,7 @@ async def declare(js: JetStreamContext, settings: CommonSettings, *, wait_second
     if scope is None:
         scope = T.Scope(streams=T.ALL_STREAMS, consumers=tuple(T.consumers()),
                         buckets=tuple(b.bucket for b in T.buckets()))
+    await _wait_for_jetstream(js, wait_seconds, poll)
     await _wait_for_streams(js, scope.waits_for, settings.nats_user, wait_seconds, poll)
     for config in T.streams(settings):
         if config.name in scope.streams:
@@ -44,6 +45,24 @@ async def declare(js: JetStreamContext, settings: CommonSettings, *, wait_second
     for bucket in T.buckets(settings):
         if bucket.bucket in scope.buckets:
             await ensure_bucket(js, bucket)
+
+
+async def _wait_for_jetstream(js: JetStreamContext, wait_seconds: float, poll: float) -> None:
+    """A cluster answers JetStream requests once its meta group has elected a leader (seconds
+    after its servers start): until then ``503 JetStream system temporarily unavailable``."""
+    deadline = time.monotonic() + wait_seconds
+    said = False
+    while True:
+        try:
+            await js.account_info()
+            return
+        except (nats.js.errors.ServiceUnavailableError, nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"JetStream did not become available within {wait_seconds:.0f}s: {exc}") from exc
+            if not said:
+                log.info("waiting for JetStream (a cluster electing its leader)", error=str(exc) or type(exc).__name__)
+                said = True
+            await asyncio.sleep(poll)
 
 
 async def _wait_for_streams(js: JetStreamContext, streams: tuple[str, ...], user: str | None,

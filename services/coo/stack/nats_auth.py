@@ -41,7 +41,7 @@ import json
 import os
 import secrets
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -181,6 +181,9 @@ def _roles() -> dict[str, Role]:
         ),
         Role(ADMIN, publish=(">",), subscribe=(">",), doc="operators and tests; no service uses it"),
     ]
+    # Every service may ask whether JetStream is up (account info: its limits and usage, nothing
+    # of another service): a cluster answers only once its meta group has a leader.
+    roles = [r if r.user == ADMIN else replace(r, publish=(f"{API}.INFO", *r.publish)) for r in roles]
     return {r.user: r for r in roles}
 
 
