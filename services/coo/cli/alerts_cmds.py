@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from coo.cli.main import CliError, console, emit_json
+from coo.cli.output import CliError, console, emit_json
 from coo.cli.sources import Prometheus
 from coo.cli.util import ago, settings, since_option, validate_since
 from coo.stack.components import REPO_ROOT
@@ -157,6 +157,5 @@ def alerts(since: str = typer.Option("1h", "--since", callback=validate_since,
         console.print(f"[yellow]{escape(note)}[/yellow]")
 
 
-def register(app: typer.Typer) -> None:
-    app.command()(alerts)
-
+app = typer.Typer()
+app.command()(alerts)

@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from coo.cli.client import Api
-from coo.cli.main import CliError, console, emit_json
+from coo.cli.output import CliError, console, emit_json
 from coo.common.workspace import WorkspaceError, check_file_name
 
 
@@ -36,9 +36,11 @@ def _extract(data: bytes, out: Path) -> list[str]:
     return sorted(written)
 
 
+_OUT_OPTION = typer.Option(None, "--out", "-o", file_okay=False, help="Write the files into this directory.")
+
+
 def artifacts(mission_id: str = typer.Argument(..., help="The mission id."),
-              out: Path | None = typer.Option(None, "--out", "-o", file_okay=False,
-                                              help="Write the files into this directory."),
+              out: Path | None = _OUT_OPTION,
               candidate: bool = typer.Option(False, "--candidate",
                                              help="The current (or last) attempt's files instead of the workspace "
                                                   "of passed tasks."),
@@ -81,5 +83,5 @@ def artifacts(mission_id: str = typer.Argument(..., help="The mission id."),
         console.print(f"wrote {len(written)} file(s) to {escape(str(out))}")
 
 
-def register(app: typer.Typer) -> None:
-    app.command()(artifacts)
+app = typer.Typer()
+app.command()(artifacts)

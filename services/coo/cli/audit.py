@@ -16,8 +16,10 @@ import re
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
+
+from rich.markup import escape
 
 from coo.stack.components import StackSettings
 
@@ -79,7 +81,7 @@ def _time(rec: dict) -> datetime | None:
         ns = rec.get(k)
         if ns and str(ns) != "0":
             try:
-                return datetime.fromtimestamp(int(ns) / 1e9, tz=timezone.utc)
+                return datetime.fromtimestamp(int(ns) / 1e9, tz=UTC)
             except (TypeError, ValueError, OverflowError):
                 continue
     return None
@@ -134,11 +136,9 @@ class Query:
             return False
         if self.since:
             t = rec.get("time")
-            if not t or datetime.fromisoformat(t.replace("Z", "+00:00")) < self.since:
+            if not t or datetime.fromisoformat(t) < self.since:
                 return False
-        if self.grep and not self.grep.search(json.dumps(rec, default=str, ensure_ascii=False)):
-            return False
-        return True
+        return not self.grep or bool(self.grep.search(json.dumps(rec, default=str, ensure_ascii=False)))
 
 
 def search(q: Query, files: list[Path] | None = None) -> tuple[list[dict], list[Path]]:
@@ -148,7 +148,7 @@ def search(q: Query, files: list[Path] | None = None) -> tuple[list[dict], list[
     for path in files:
         if q.since:
             try:
-                if datetime.fromtimestamp(path.stat().st_mtime, tz=timezone.utc) < q.since:
+                if datetime.fromtimestamp(path.stat().st_mtime, tz=UTC) < q.since:
                     continue  # nothing in a file last written before the window
             except OSError:
                 continue
@@ -165,6 +165,13 @@ def search(q: Query, files: list[Path] | None = None) -> tuple[list[dict], list[
     records = list(out)
     records.sort(key=lambda r: r.get("time") or "")
     return records, files
+
+
+def record_markup(rec: dict) -> str:
+    """:func:`format_record` as rich markup, coloured by level."""
+    colour = {"warning": "yellow", "error": "red", "critical": "red"}.get(rec.get("level") or "", "")
+    line = escape(format_record(rec))
+    return f"[{colour}]{line}[/{colour}]" if colour else line
 
 
 def format_record(rec: dict) -> str:

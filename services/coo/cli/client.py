@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 
-from coo.cli.main import CliError
+from coo.cli.output import CliError
 from coo.stack.components import StackSettings
 
 
@@ -59,7 +59,7 @@ class Api:
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> "Api":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:

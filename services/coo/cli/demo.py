@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from coo.cli.client import Api
 from coo.cli.links import dashboards_url, trace_ui_search_hint, trace_ui_url
-from coo.cli.main import CliError, console, emit_json
 from coo.cli.mission_cmds import jaeger_url, wait_for
+from coo.cli.output import CliError, console, emit_json
 from coo.stack.components import StackSettings
 
 DEMO_GOAL = "write a FizzBuzz function with tests"

@@ -1,4 +1,4 @@
-"""What happened: `coo logs ID` (timeline and service logs), `coo trace ID` (Jaeger), `coo audit search`."""
+"""What happened: `coo logs ID` (timeline and service logs), `coo trace ID` (Jaeger)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import json
 import re
 import sys
 import time
-from contextlib import nullcontext
 from collections.abc import Callable, Iterable
-from datetime import datetime, timezone
+from contextlib import nullcontext
+from datetime import UTC, datetime
 
 import typer
 from rich.markup import escape
@@ -17,10 +17,10 @@ from rich.tree import Tree
 from coo.cli import audit as audit_log
 from coo.cli.client import Api
 from coo.cli.links import trace_ui_url
-from coo.cli.main import CliError, console, emit_json
 from coo.cli.mission_cmds import FINAL, _mission_id_arg, jaeger_url
+from coo.cli.output import CliError, console, emit_json
 from coo.cli.sources import jaeger_trace
-from coo.cli.util import iso, jaeger_base, short_time, since_option, validate_since
+from coo.cli.util import iso, jaeger_base, short_time
 
 TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -36,12 +36,6 @@ def _event_line(e: dict) -> str:
     return (f"[dim]{short_time(e['at'])}[/dim]  [{colour}]{e['type']:<20}[/{colour}] "
             f"{escape(e.get('service') or ''):<12} {escape(e.get('message') or '')}"
             + (f"  [dim]{escape(attrs)}[/dim]" if attrs else ""))
-
-
-def _record_line(rec: dict) -> str:
-    colour = {"warning": "yellow", "error": "red", "critical": "red"}.get(rec.get("level") or "", "")
-    line = escape(audit_log.format_record(rec))
-    return f"[{colour}]{line}[/{colour}]" if colour else line
 
 
 def _follow(fetch: Callable[[], Iterable[dict]], key: Callable[[dict], object], show: Callable[[dict], None],
@@ -97,7 +91,7 @@ def logs(mission_id: str = typer.Argument(..., callback=_mission_id_arg, help="T
                 return (r.get("time"), r.get("service"), r.get("span_id"), r.get("body"),
                         json.dumps(r.get("attributes"), sort_keys=True, default=str))
 
-            show_one = _emit_line if json_out else (lambda r: console.print(_record_line(r), soft_wrap=True))
+            show_one = _emit_line if json_out else (lambda r: console.print(audit_log.record_markup(r), soft_wrap=True))
             if not follow:
                 records, files = audit_log.search(q)
                 if json_out:
@@ -153,7 +147,7 @@ def span_views(trace: dict) -> list[dict]:
             "span_id": sp["spanID"], "parent_id": parent,
             "service": procs.get(sp.get("processID"), {}).get("serviceName", "?"),
             "operation": sp.get("operationName", ""), "kind": _tag(sp, "span.kind") or "internal",
-            "start": iso(datetime.fromtimestamp(sp.get("startTime", 0) / 1e6, tz=timezone.utc)),
+            "start": iso(datetime.fromtimestamp(sp.get("startTime", 0) / 1e6, tz=UTC)),
             "start_us": sp.get("startTime", 0), "duration_ms": round(sp.get("duration", 0) / 1000.0, 3),
             "error": bool(err), "status_message": _tag(sp, "otel.status_description") or _tag(sp, "error.type"),
             "attributes": attrs,
@@ -231,48 +225,6 @@ def trace(ref: str = typer.Argument(..., metavar="ID", help="A mission id, or a 
         console.print(f"trace UI: {ui}")
 
 
-# ------------------------------------------------------------------------------------------- audit
-
-audit_app = typer.Typer(help="The audit log: the collector's redacted service logs (rotated JSON-lines files).",
-                        no_args_is_help=True)
-
-
-def _regex(value: str | None) -> str | None:
-    if value is None:
-        return None
-    try:
-        re.compile(value, re.IGNORECASE)
-        return value
-    except re.error as exc:
-        raise typer.BadParameter(f"not a regular expression: {exc}") from None
-
-
-@audit_app.command("search")
-def audit_search(mission: str | None = typer.Option(None, "--mission", help="Only this mission's lines."),
-                 event: str | None = typer.Option(None, "--event", help="The log message contains this text."),
-                 since: str | None = typer.Option(None, "--since", callback=validate_since,
-                                                  help="Not older: ISO-8601 or 30m, 1h, 2d."),
-                 grep: str | None = typer.Option(None, "--grep", callback=_regex, help="A regular expression over "
-                                                 "the whole record (case-insensitive)."),
-                 limit: int = typer.Option(200, "--limit", min=1, max=100_000, help="The newest N matches."),
-                 json_out: bool = typer.Option(False, "--json", help="One JSON object on stdout.")) -> None:
-    """Search the audit log files (the current one and its rotated copies, gzipped or not)."""
-    q = audit_log.Query(mission_id=mission, event=event, since=since_option(since), grep=re.compile(grep, re.IGNORECASE) if grep else None,
-                            limit=limit)
-    path = audit_log.audit_log_path()
-    records, files = audit_log.search(q)
-    if json_out:
-        emit_json({"records": records, "count": len(records), "files": [str(f) for f in files]})
-        return
-    if not files:
-        raise CliError(f"no audit log at {path} (nor rotated copies)",
-                       "the collector writes it while the stack runs; COO_STATE_DIR or COO_AUDIT_LOG say where")
-    for r in records:
-        console.print(_record_line(r), soft_wrap=True)
-    console.print(f"[dim]{len(records)} line(s) from {len(files)} file(s) under {path.parent}[/dim]")
-
-
-def register(app: typer.Typer) -> None:
-    app.command()(logs)
-    app.command()(trace)
-    app.add_typer(audit_app, name="audit")
+app = typer.Typer()
+app.command()(logs)
+app.command()(trace)

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from coo.cli.client import Api
 from coo.cli.links import trace_ui_search_hint, trace_ui_url
-from coo.cli.main import CliError, console, emit_json
+from coo.cli.output import CliError, console, emit_json
 from coo.cli.util import ago, duration, iso, short_time, since_option, status_markup, truncate, usd, validate_since
 from coo.v1 import mission_pb2
 
@@ -349,9 +349,9 @@ def _control_command(action: str):
     return command
 
 
-def register(app: typer.Typer) -> None:
-    app.command()(run)
-    app.command()(missions)
-    app.command()(mission)
-    for action in ("pause", "resume", "cancel", "approve"):
-        app.command(name=action, help=HELP[action])(_control_command(action))
+app = typer.Typer()
+app.command()(run)
+app.command()(missions)
+app.command()(mission)
+for _action in ("pause", "resume", "cancel", "approve"):
+    app.command(name=_action, help=HELP[_action])(_control_command(_action))

@@ -6,7 +6,7 @@ import math
 
 import httpx
 
-from coo.cli.main import CliError
+from coo.cli.output import CliError
 from coo.cli.util import jaeger_base, prometheus_base
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import typer
 
@@ -15,7 +15,7 @@ _UNIT_SECONDS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w
 
 def parse_since(value: str, *, now: datetime | None = None) -> datetime:
     """``1h``, ``30m``, ``2d``, ``90s``, ``1w`` ago, or an ISO-8601 time (UTC when it has no offset)."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     m = _RELATIVE.match(value)
     if m:
         return now - timedelta(seconds=float(m.group(1)) * _UNIT_SECONDS[m.group(2).lower()])
@@ -23,7 +23,7 @@ def parse_since(value: str, *, now: datetime | None = None) -> datetime:
         t = datetime.fromisoformat(value.strip().replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
         raise ValueError(f"{value!r} is neither a relative time (30m, 1h, 2d) nor an ISO-8601 time") from None
-    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
 def since_option(value: str | None) -> datetime | None:
@@ -43,17 +43,17 @@ def validate_since(value: str | None) -> str | None:
 
 
 def iso(t: datetime) -> str:
-    return t.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    return t.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def parse_iso(value: str | None) -> datetime | None:
     if not value:
         return None
     try:
-        t = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        t = datetime.fromisoformat(value)
     except ValueError:
         return None
-    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
 def short_time(value: str | None) -> str:
@@ -71,7 +71,7 @@ def ago(value: str | None) -> str:
     t = parse_iso(value)
     if t is None:
         return "—"
-    secs = (datetime.now(timezone.utc) - t).total_seconds()
+    secs = (datetime.now(UTC) - t).total_seconds()
     return f"{duration(secs)} ago"
 
 
