@@ -10,13 +10,14 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from coo.stack import nats_auth, nats_cluster, viewer
+from coo.stack import consoles, nats_auth, nats_cluster, render, viewer
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 NATS_SERVER_NAME = "coo-local"
@@ -100,7 +101,7 @@ def tool_path(tool: str) -> tuple[str | None, str]:
     script = REPO_ROOT / "scripts" / "build-tools.sh"
     if not script.exists():
         return None, "scripts/build-tools.sh is missing"
-    res = subprocess.run(["bash", str(script), "--cached-path", tool], capture_output=True, text=True)
+    res = subprocess.run(["bash", str(script), "--cached-path", tool], check=False, capture_output=True, text=True)
     path = res.stdout.strip()
     if res.returncode == 0 and path and Path(path).exists():
         return path, ""
@@ -199,8 +200,6 @@ def components(s: StackSettings | None = None) -> list[Component]:
              "COO_JAEGER_METRICS_HOST": s.host, "COO_JAEGER_METRICS_PORT": str(s.jaeger_metrics_port)},
         priority=120, missing=why_jaeger,
     ))
-    from coo.stack import consoles, render
-
     prom_cfg = render.prometheus_config_path(state)  # rendered by prepare() from observability/prometheus
     prom_bin = shutil.which("prometheus") or "/usr/bin/prometheus"
     out.append(Component(
@@ -237,10 +236,27 @@ def prepare(s: StackSettings) -> None:
     the collector's overlay that sends a copy of every signal to the viewer (coo.stack.viewer);
     and NATS's users: a password file per service (generated once, kept) and the server's
     authorization config (bcrypt hashes and subject permissions, rewritten at each start)."""
-    from coo.stack import render
-
     nats_cluster.write_configs(s.state, s.nats_nodes())
     render.write_prometheus_config(s.state, render.local_prometheus_targets(s))
     render.write_alertmanager_config(s.state, s.url(s.orchestrator_port), s.state / "data" / "api-token")
     viewer.write_otelcol_overlay(s.state, f"{s.host}:{s.viewer_otlp_grpc_port}")
     viewer.db_path(s.state).parent.mkdir(parents=True, exist_ok=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m coo.stack.components``: write the local stack's Prometheus and Alertmanager
+    configuration (:mod:`coo.stack.render`) from a shell."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m coo.stack.components",
+                                description="Write the local stack's Prometheus and Alertmanager configuration.")
+    p.add_argument("--state-dir", type=Path, default=None, help="default: COO_STATE_DIR or var/stack")
+    args = p.parse_args(argv)
+    s = StackSettings(**({"state_dir": args.state_dir} if args.state_dir else {}))
+    print(render.write_prometheus_config(s.state, render.local_prometheus_targets(s)))
+    print(render.write_alertmanager_config(s.state, s.url(s.orchestrator_port), s.state / "data" / "api-token"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -33,7 +33,7 @@ the files before it starts Prometheus and Alertmanager)::
     render.write_alertmanager_config(s.state, s.url(s.orchestrator_port), s.state / "data" / "api-token")
 
 Every file is written atomically (temporary file + rename), so a watcher never reads half a file.
-``python -m coo.stack.render --state-dir var/stack`` does the same from a shell.
+``python -m coo.stack.components --state-dir var/stack`` does the same from a shell.
 """
 
 from __future__ import annotations
@@ -137,12 +137,9 @@ def write_alertmanager_config(state_dir: str | os.PathLike[str], orchestrator_ur
 
 
 # -------------------------------------------------------------------------------- Prometheus
-def local_prometheus_targets(settings: Any = None) -> dict[str, list[str]]:
-    """The targets of every Prometheus job for the local stack (``StackSettings`` host/ports)."""
-    if settings is None:
-        from coo.stack.components import StackSettings  # lazy: components may import this module
-
-        settings = StackSettings()
+def local_prometheus_targets(settings: Any) -> dict[str, list[str]]:
+    """The targets of every Prometheus job for the local stack (``StackSettings`` host/ports; the
+    caller passes them: this module sits below :mod:`coo.stack.components`)."""
     host = settings.host
     return {
         "otelcol": [f"{host}:{settings.otelcol_prom_exporter_port}"],
@@ -190,13 +187,12 @@ def prometheus_config_path(state_dir: str | os.PathLike[str]) -> Path:
     return Path(state_dir) / "config" / "prometheus" / "prometheus.yml"
 
 
-def write_prometheus_config(state_dir: str | os.PathLike[str],
-                            targets: Mapping[str, Sequence[str]] | None = None) -> Path:
+def write_prometheus_config(state_dir: str | os.PathLike[str], targets: Mapping[str, Sequence[str]]) -> Path:
     """Write ``<state_dir>/config/prometheus/prometheus.yml`` (:func:`render_prometheus_config`)
-    and its ``targets/<job>.json`` (``targets``, default :func:`local_prometheus_targets`);
+    and its ``targets/<job>.json`` (``targets``, e.g. :func:`local_prometheus_targets`);
     returns the config path for ``--config.file``."""
     path = prometheus_config_path(state_dir)
-    write_prometheus_targets(path.parent / "targets", local_prometheus_targets() if targets is None else targets)
+    write_prometheus_targets(path.parent / "targets", targets)
     return atomic_write(path, render_prometheus_config())
 
 
@@ -206,21 +202,3 @@ def _shown(path: Path) -> str:
     except ValueError:
         return str(path)
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    import argparse
-
-    from coo.stack.components import StackSettings
-
-    p = argparse.ArgumentParser(prog="python -m coo.stack.render",
-                                description="Write the local stack's Prometheus and Alertmanager configuration.")
-    p.add_argument("--state-dir", type=Path, default=None, help="default: COO_STATE_DIR or var/stack")
-    args = p.parse_args(argv)
-    s = StackSettings(**({"state_dir": args.state_dir} if args.state_dir else {}))
-    print(write_prometheus_config(s.state, local_prometheus_targets(s)))
-    print(write_alertmanager_config(s.state, s.url(s.orchestrator_port), s.state / "data" / "api-token"))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
