@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-from coo.common.natsserver import NatsServer, free_port
+from coo.common.natsserver import NatsCluster, NatsServer, free_port
 from coo.stack import nats_auth
 from coo.stack.components import Component, StackSettings, components
 
@@ -140,8 +140,14 @@ class ServiceStack(MissionApi):
     parts: dict[str, Component] = field(default_factory=dict)
     # NATS users and permissions; COO_TEST_NATS_AUTH=0 runs the suite against an open server.
     auth: bool = field(default_factory=lambda: os.environ.get("COO_TEST_NATS_AUTH", "1") != "0")
+    # A NATS cluster instead of one server (``nats`` is then one of its nodes): every service gets
+    # every node's URL and R3 streams and buckets.
+    cluster: NatsCluster | None = None
 
     def __post_init__(self) -> None:
+        if self.cluster is not None:
+            self.env = {"COO_NATS_URL": self.cluster.url, "COO_NATS_REPLICAS": str(min(3, self.cluster.size)),
+                        **self.env}
         ports = {f"{name}_port": free_port() for name in SERVICES}
         self.settings = StackSettings(host="127.0.0.1", state_dir=self.root, nats_port=self.nats.port,
                                       nats_monitor_port=self.nats.monitor_port, **ports)
@@ -152,11 +158,12 @@ class ServiceStack(MissionApi):
             self.nats_auth = nats_auth.NatsAuth.for_state(self.settings.state, no_auth_user=nats_auth.ADMIN)
             self.nats_auth.ensure_passwords()
             conf = self.nats_auth.server_config()
-            if self.nats.auth_config != conf:
-                running = self.nats.running
-                self.nats.auth_config = conf
-                if running:
-                    self.nats.restart()
+            for server in self.cluster.nodes if self.cluster is not None else [self.nats]:
+                if server.auth_config != conf:
+                    running = server.running
+                    server.auth_config = conf
+                    if running:
+                        server.restart()
 
     def url(self, name: str, path: str = "") -> str:
         return self.parts[name].url + path

@@ -124,6 +124,7 @@ def _previous() -> list[Figure]:
 
 AREA_TITLES = {
     "faults": "Faults: SIGKILL of every service and of NATS under concurrent missions",
+    "cluster": "A NATS cluster of three (R3) losing a node under concurrent missions",
     "load": "Load: rising submission rates until backpressure",
     "bad input": "Bad input: bus, DLQ advisories, REST API, CLI",
     "sandbox": "Sandbox attacks (through the real sandbox service over NATS)",
