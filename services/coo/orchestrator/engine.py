@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+import nats.errors
 from google.protobuf.message import Message
 from nats.js.errors import InvalidKeyError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
@@ -24,6 +25,7 @@ from opentelemetry.trace import SpanKind
 
 from coo.common import metrics, timeline, topology
 from coo.common.bus import Bus, Delivery, InvalidMessage
+from coo.common.retry import Policy
 from coo.common.telemetry import get_logger, trace_exemplar
 from coo.common.workspace import WorkspaceLimits
 from coo.orchestrator import flow
@@ -42,6 +44,13 @@ RETENTION_LEASE_KEY = "retention.lease"   # one replica at a time deletes expire
 #: a purge marker left by retention is removed from the bucket this long after it was written
 TOMBSTONE_SECONDS = 60.0
 SYSTEM_TIMELINE = "system"   # coo.timeline.system: events that concern no single mission
+
+# A mission update that lost a compare-and-set to another handler or replica is re-read and re-applied.
+_APPLY_RETRY = Policy("mission update", retry_on=KeyWrongLastSequenceError, attempts=50, initial=0.001,
+                      maximum=0.05, level="debug", logger=log)
+# The admission blocks: a lost race or a bus error is retried; the last one reaches the webhook's caller.
+_BLOCK_RETRY = Policy("admission blocks update", retry_on=(nats.errors.Error, TimeoutError), attempts=20,
+                      initial=0.01, maximum=0.5, logger=log)
 
 
 def _period_end(scope: str) -> str:
@@ -413,7 +422,7 @@ class Engine:
     # -------------------------------------------------------------- the CAS loop
     async def _apply(self, mission_id: str, fn: Callable[[mission_pb2.Mission], flow.Step | None]
                      ) -> mission_pb2.Mission | None:
-        for _ in range(50):
+        async def attempt() -> tuple[mission_pb2.Mission, flow.Step] | None:
             try:
                 entry = await self.store.get(mission_id)
             except (KeyNotFoundError, InvalidKeyError):
@@ -424,14 +433,19 @@ class Engine:
                 return None
             m.pending_work = flow.pending_work(m)
             m.updated_at.CopyFrom(flow.now())
-            try:
-                await self.store.update(mission_id, m.SerializeToString(), last=entry.revision)
-            except KeyWrongLastSequenceError:
-                continue
-            with self._mission_context(m):
-                await self._effects(m, step)
-            return m
-        raise RuntimeError(f"mission {mission_id}: too many concurrent updates")
+            await self.store.update(mission_id, m.SerializeToString(), last=entry.revision)   # lost: retried
+            return m, step
+
+        try:
+            done = await _APPLY_RETRY.call(attempt)
+        except KeyWrongLastSequenceError as exc:
+            raise RuntimeError(f"mission {mission_id}: too many concurrent updates") from exc
+        if done is None:
+            return None
+        m, step = done
+        with self._mission_context(m):
+            await self._effects(m, step)
+        return m
 
     def _mission_context(self, m: mission_pb2.Mission):
         """Keep the current context when it is already in the mission's trace, else reattach the
@@ -504,7 +518,7 @@ class Engine:
         return {"received": len(payload.get("alerts", [])), "changes": changes}
 
     async def _set_block(self, scope: str, closed: bool, summary: str) -> None:
-        for _ in range(20):
+        async def attempt() -> None:
             try:
                 entry = await self.store.get(ADMISSION_KEY)
                 blocks, revision = json.loads(entry.value or b"{}"), entry.revision
@@ -516,14 +530,12 @@ class Engine:
             else:
                 blocks.pop(scope, None)
             data = json.dumps(blocks).encode()
-            try:
-                if revision is None:
-                    await self.store.create(ADMISSION_KEY, data)
-                else:
-                    await self.store.update(ADMISSION_KEY, data, last=revision)
-                return
-            except Exception:  # noqa: BLE001, S112 - lost a race with another replica: read again
-                continue
+            if revision is None:
+                await self.store.create(ADMISSION_KEY, data)
+            else:
+                await self.store.update(ADMISSION_KEY, data, last=revision)
+
+        await _BLOCK_RETRY.call(attempt)     # the last error is raised (and logged with its cause)
 
     # -------------------------------------------------------------- housekeeping
     async def _housekeeping(self) -> None:
