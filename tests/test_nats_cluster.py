@@ -19,7 +19,7 @@ from coo.common import topology
 from coo.common.config import CommonSettings
 from coo.common.declare import declare
 from coo.common.natsserver import free_port
-from coo.stack import nats_auth, nats_cluster
+from coo.stack import nats_auth
 from coo.stack.components import StackSettings, components, prepare
 
 
