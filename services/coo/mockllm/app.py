@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import Counter, Histogram, make_asgi_app
@@ -310,133 +310,173 @@ def compose_answer(turn: Turn) -> Answer:
 # the app
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or Settings()
-    defaults = scenarios.parse_defaults(settings.scenario)
-    listed_models = [m.strip() for m in settings.models.split(",") if m.strip()]
-    errored_once = OnceSet(settings.http_error_memory)
-    model_labels: set[str] = set(listed_models)
-    started = int(time.time())
+class MockState:
+    """What the routes share, kept on ``app.state.mock``: the settings, the server-wide scenario
+    defaults, the model ids listed and the bounded set of model labels seen."""
 
-    app = FastAPI(title="mockllm", version="1.0.0",
-                  description="OpenAI-compatible deterministic LLM for COO demos and tests.")
-    app.state.settings = settings
-    app.state.default_scenario = defaults
-    app.state.errored_once = errored_once
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.defaults = scenarios.parse_defaults(settings.scenario)
+        self.listed_models = [m.strip() for m in settings.models.split(",") if m.strip()]
+        self.errored_once = OnceSet(settings.http_error_memory)
+        self.model_labels: set[str] = set(self.listed_models)
+        self.started = int(time.time())
 
-    def model_label(model: str) -> str:
-        if model in model_labels:
+    def model_label(self, model: str) -> str:
+        """``model`` as a metric label; past MAX_MODEL_LABELS different ones, "other"."""
+        if model in self.model_labels:
             return model
-        if len(model_labels) < MAX_MODEL_LABELS:
-            model_labels.add(model)
+        if len(self.model_labels) < MAX_MODEL_LABELS:
+            self.model_labels.add(model)
             return model
         return "other"
 
-    @app.exception_handler(APIError)
-    async def _api_error(_: Request, exc: APIError) -> JSONResponse:
+    def model_object(self, model_id: str) -> dict[str, Any]:
+        return {"id": model_id, "object": "model", "created": self.started, "owned_by": "mockllm"}
+
+
+def _mock(request: Request) -> MockState:
+    return request.app.state.mock
+
+
+# -------------------------------------------------------------------------------- error handlers
+
+async def _api_error(_: Request, exc: APIError) -> JSONResponse:
+    return error_response(exc)
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    if exc.status_code == 404:
+        message = f"Invalid URL ({request.method} {request.url.path})"
+    elif exc.status_code == 405:
+        message = f"Method {request.method} not allowed for {request.url.path}"
+    else:
+        message = str(exc.detail)
+    return error_response(APIError(exc.status_code, message, "invalid_request_error",
+                                   None if exc.status_code != 404 else "unknown_url"))
+
+
+async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    return error_response(bad_request(f"Invalid request: {exc.errors()}", None,
+                                      "invalid_value"))
+
+
+async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    log.exception("mockllm.unexpected_error")
+    return error_response(APIError(500, "The mock server had an error while processing "
+                                   "your request.", "server_error", "internal_error"))
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error in OpenAI's JSON shape, so the ``openai`` SDK raises the matching class."""
+    app.add_exception_handler(APIError, _api_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _unexpected)
+
+
+# ------------------------------------------------------------------------------------ the routes
+
+router = APIRouter()
+
+
+@router.get("/healthz")
+async def healthz(request: Request) -> dict[str, Any]:
+    return {"status": "ok", "service": SERVICE, "scenario": _mock(request).defaults.names}
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> dict[str, Any]:
+    mock = _mock(request)
+    return {"object": "list", "data": [mock.model_object(m) for m in mock.listed_models]}
+
+
+@router.get("/v1/models/{model_id:path}")
+async def get_model(model_id: str, request: Request) -> dict[str, Any]:
+    return _mock(request).model_object(model_id)
+
+
+async def _read_body(request: Request) -> Any:
+    raw = await request.body()
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise bad_request("We could not parse the JSON body of your request. (HINT: "
+                          "send a JSON object with Content-Type: application/json.)",
+                          None, "invalid_json") from None
+
+
+def _inject_http_error(mock: MockState, turn: Turn, schema: str) -> None:
+    """Scenario http-error: the first request of a goal+schema fails (429 with retry-after-ms, or 5xx)."""
+    code = turn.scenario.http_error
+    if code is None:
+        return
+    key = hashlib.sha256(f"{schema}\0{turn.goal}".encode()).hexdigest()
+    if mock.errored_once.first_time(key):
+        headers = {"retry-after-ms": "100"} if code == 429 else None
+        raise APIError(
+            code,
+            "mockllm injected error (scenario http-error); retry the request.",
+            "rate_limit_error" if code == 429 else "server_error",
+            "mock_http_error", None, headers,
+        )
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request) -> JSONResponse:
+    mock = _mock(request)
+    t0 = time.perf_counter()
+    label_model, label_schema = "unknown", "unknown"
+    try:
+        req = parse_request(await _read_body(request))
+        label_model = mock.model_label(req.model)
+        turn = read_turn(req, mock.defaults)
+        label_schema = turn.schema or "none"
+        sc = turn.scenario
+        providers.check(sc.provider, req.response_format, req.max_tokens)
+        answer = compose_answer(turn)
+        _inject_http_error(mock, turn, label_schema)
+        if sc.slow:
+            await asyncio.sleep(sc.slow)
+        n_prompt = prompt_tokens(req)
+        billed = completion.bill(answer, req.limit, sc.expensive)
+        response = completion.completion(req.model, billed, n_prompt, with_usage=not sc.no_usage)
+        outcome = ("refusal" if answer.content is None
+                   else "ok" if billed.finish_reason == "stop" else "length")
+        REQUESTS.labels(label_model, label_schema, outcome).inc()
+        if not sc.no_usage:
+            TOKENS.labels(label_model, "prompt").inc(n_prompt)
+            TOKENS.labels(label_model, "completion").inc(billed.completion_tokens)
+        DURATION.labels(label_schema).observe(time.perf_counter() - t0)
+        log.info(
+            "mockllm.chat_completion",
+            model=req.model, schema=label_schema, outcome=outcome,
+            finish_reason=billed.finish_reason, prompt_tokens=n_prompt,
+            completion_tokens=billed.completion_tokens,
+            reasoning_tokens=billed.reasoning_tokens, usage_reported=not sc.no_usage,
+            scenario=sc.names, duration_ms=round((time.perf_counter() - t0) * 1000, 1),
+        )
+        return JSONResponse(response)
+    except APIError as exc:
+        outcome = "injected_error" if exc.code == "mock_http_error" else (
+            "invalid_request" if exc.status < 500 else "error")
+        REQUESTS.labels(label_model, label_schema, outcome).inc()
+        DURATION.labels(label_schema).observe(time.perf_counter() - t0)
+        log.info("mockllm.chat_completion", model=label_model, schema=label_schema,
+                 outcome=outcome, status=exc.status, error=exc.message[:200])
         return error_response(exc)
 
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        if exc.status_code == 404:
-            message = f"Invalid URL ({request.method} {request.url.path})"
-        elif exc.status_code == 405:
-            message = f"Method {request.method} not allowed for {request.url.path}"
-        else:
-            message = str(exc.detail)
-        return error_response(APIError(exc.status_code, message, "invalid_request_error",
-                                       None if exc.status_code != 404 else "unknown_url"))
 
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(bad_request(f"Invalid request: {exc.errors()}", None,
-                                          "invalid_value"))
-
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("mockllm.unexpected_error")
-        return error_response(APIError(500, "The mock server had an error while processing "
-                                       "your request.", "server_error", "internal_error"))
-
-    @app.get("/healthz")
-    async def healthz() -> dict[str, Any]:
-        return {"status": "ok", "service": SERVICE, "scenario": defaults.names}
-
-    def model_object(model_id: str) -> dict[str, Any]:
-        return {"id": model_id, "object": "model", "created": started, "owned_by": "mockllm"}
-
-    @app.get("/v1/models")
-    async def list_models() -> dict[str, Any]:
-        return {"object": "list", "data": [model_object(m) for m in listed_models]}
-
-    @app.get("/v1/models/{model_id:path}")
-    async def get_model(model_id: str) -> dict[str, Any]:
-        return model_object(model_id)
-
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request) -> JSONResponse:
-        t0 = time.perf_counter()
-        label_model, label_schema = "unknown", "unknown"
-        try:
-            raw = await request.body()
-            try:
-                body = json.loads(raw)
-            except ValueError:
-                raise bad_request("We could not parse the JSON body of your request. (HINT: "
-                                  "send a JSON object with Content-Type: application/json.)",
-                                  None, "invalid_json") from None
-            req = parse_request(body)
-            label_model = model_label(req.model)
-            turn = read_turn(req, defaults)
-            label_schema = turn.schema or "none"
-            sc = turn.scenario
-            providers.check(sc.provider, req.response_format, req.max_tokens)
-            answer = compose_answer(turn)
-
-            if sc.http_error is not None:
-                key = hashlib.sha256(f"{label_schema}\0{turn.goal}".encode()).hexdigest()
-                if errored_once.first_time(key):
-                    code = sc.http_error
-                    headers = {"retry-after-ms": "100"} if code == 429 else None
-                    raise APIError(
-                        code,
-                        "mockllm injected error (scenario http-error); retry the request.",
-                        "rate_limit_error" if code == 429 else "server_error",
-                        "mock_http_error", None, headers,
-                    )
-
-            if sc.slow:
-                await asyncio.sleep(sc.slow)
-
-            n_prompt = prompt_tokens(req)
-            billed = completion.bill(answer, req.limit, sc.expensive)
-            response = completion.completion(req.model, billed, n_prompt,
-                                             with_usage=not sc.no_usage)
-            outcome = ("refusal" if answer.content is None
-                       else "ok" if billed.finish_reason == "stop" else "length")
-            REQUESTS.labels(label_model, label_schema, outcome).inc()
-            if not sc.no_usage:
-                TOKENS.labels(label_model, "prompt").inc(n_prompt)
-                TOKENS.labels(label_model, "completion").inc(billed.completion_tokens)
-            DURATION.labels(label_schema).observe(time.perf_counter() - t0)
-            log.info(
-                "mockllm.chat_completion",
-                model=req.model, schema=label_schema, outcome=outcome,
-                finish_reason=billed.finish_reason, prompt_tokens=n_prompt,
-                completion_tokens=billed.completion_tokens,
-                reasoning_tokens=billed.reasoning_tokens, usage_reported=not sc.no_usage,
-                scenario=sc.names, duration_ms=round((time.perf_counter() - t0) * 1000, 1),
-            )
-            return JSONResponse(response)
-        except APIError as exc:
-            outcome = "injected_error" if exc.code == "mock_http_error" else (
-                "invalid_request" if exc.status < 500 else "error")
-            REQUESTS.labels(label_model, label_schema, outcome).inc()
-            DURATION.labels(label_schema).observe(time.perf_counter() - t0)
-            log.info("mockllm.chat_completion", model=label_model, schema=label_schema,
-                     outcome=outcome, status=exc.status, error=exc.message[:200])
-            return error_response(exc)
-
+def create_app(settings: Settings | None = None) -> FastAPI:
+    mock = MockState(settings or Settings())
+    app = FastAPI(title="mockllm", version="1.0.0",
+                  description="OpenAI-compatible deterministic LLM for COO demos and tests.")
+    app.state.mock = mock
+    app.state.settings = mock.settings
+    app.state.default_scenario = mock.defaults
+    app.state.errored_once = mock.errored_once
+    _add_error_handlers(app)
+    app.include_router(router)
     app.router.routes.append(Route("/metrics", _ASGIEndpoint(make_asgi_app()),
                                    methods=["GET"]))
     return app
