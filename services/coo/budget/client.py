@@ -5,7 +5,8 @@ service) and returns the reply message. ``mission_id`` goes into the request *an
 bus call, so the trace's baggage carries it to the budget service's span.
 
 Every verb is idempotent on the service side (by ``reservation_id``), so timeouts, "no
-responders" and 500s are retried with the same request; a 400 (invalid request) raises
+responders" and 500s are retried with the same request (``retries`` times, jittered exponential
+backoff from ``retry_delay``; :mod:`coo.common.retry`); a 400 (invalid request) raises
 :class:`coo.common.bus.ServiceError` at once.
 
 Reply conventions: ``remaining_usd`` / ``remaining_tokens`` are the smallest remainder over the
@@ -20,7 +21,11 @@ import nats.errors
 
 from coo.common import topology
 from coo.common.bus import Bus, ServiceError
+from coo.common.retry import Policy
+from coo.common.telemetry import get_logger
 from coo.v1 import budget_pb2
+
+log = get_logger("coo.budget.client")
 
 SUBJECT_RESERVE = f"{topology.BUDGET}.reserve"
 SUBJECT_SETTLE = f"{topology.BUDGET}.settle"
@@ -35,27 +40,26 @@ SCOPES = {
 }
 
 
+_TRANSIENT = (nats.errors.TimeoutError, nats.errors.NoRespondersError, asyncio.TimeoutError, ServiceError)
+
+
+def _transient(exc: BaseException) -> bool:
+    """A timeout, no responders, or a 500; not a 400."""
+    return not isinstance(exc, ServiceError) or exc.code == "500"
+
+
 class BudgetClient:
     def __init__(self, bus: Bus, *, timeout: float = 5.0, retries: int = 2, retry_delay: float = 0.2) -> None:
         self.bus = bus
         self.timeout = timeout
         self.retries = retries
         self.retry_delay = retry_delay
+        self._retry = Policy("budget request", retry_on=_TRANSIENT, retry_if=_transient, attempts=retries + 1,
+                             initial=retry_delay, maximum=max(2.0, retry_delay), jitter=0.5, logger=log)
 
     async def _call(self, subject, request, reply_cls, mission_id: str | None):
-        attempt = 0
-        while True:
-            try:
-                return await self.bus.request(subject, request, reply_cls, mission_id=mission_id or None,
-                                              timeout=self.timeout)
-            except (nats.errors.TimeoutError, nats.errors.NoRespondersError, asyncio.TimeoutError):
-                if attempt >= self.retries:
-                    raise
-            except ServiceError as exc:
-                if exc.code != "500" or attempt >= self.retries:
-                    raise
-            attempt += 1
-            await asyncio.sleep(self.retry_delay * attempt)
+        return await self._retry.call(self.bus.request, subject, request, reply_cls,
+                                      mission_id=mission_id or None, timeout=self.timeout)
 
     async def reserve(self, reservation_id: str, mission_id: str, model: str, input_tokens: int,
                       max_output_tokens: int, *, ttl_seconds: int = 0, task_id: str = "",
