@@ -331,7 +331,7 @@ async def _run(cfg: Config, result: Result) -> None:
 
 def _span_cost(n: int = 3000) -> dict[str, float]:
     """µs to start and end one span like the bus's (seven attributes, a mission in baggage) with
-    the production processors, by the SDK's own tracer and by the bus's lean tracer."""
+    the production processors and the SDK's tracer (what the bus uses)."""
     from opentelemetry import baggage
     from opentelemetry.processor.baggage import BaggageSpanProcessor
     from opentelemetry.sdk.trace import TracerProvider
@@ -339,12 +339,11 @@ def _span_cost(n: int = 3000) -> dict[str, float]:
     from opentelemetry.trace import SpanKind
 
     from bench.common import CountingExporter
-    from coo.common.spans import LeanTracer
 
     provider = TracerProvider()           # the production processors; a queue that never drops here
     provider.add_span_processor(BaggageSpanProcessor(lambda key: key == "mission.id"))
     provider.add_span_processor(BatchSpanProcessor(CountingExporter(), max_queue_size=4 * n))
-    tracers = {"sdk": provider.get_tracer("bench"), "lean": LeanTracer("bench", provider)}
+    tracers = {"sdk": provider.get_tracer("bench")}
     parent = baggage.set_baggage("mission.id", MISSION)
     attrs = {"messaging.system": "nats", "messaging.operation.type": "send", "messaging.operation.name": "send",
              "messaging.destination.name": "coo.tasks.engineer", "messaging.destination.template": "coo.tasks.engineer",
@@ -374,8 +373,8 @@ def _explain(result: Result, one: _Pairs, lots: _Pairs, many: int) -> None:
         f"client and server together; the same bus with tracing off takes {cpu['untraced']:.0f} µs, so tracing "
         f"(two spans, trace context in and out) costs {cpu['bus'] - cpu['untraced']:.0f} µs a hop and the rest "
         f"of the bus (headers, a task per request, nats.micro, metrics, log context) "
-        f"{cpu['untraced'] - cpu['raw']:.0f} µs. One bus span takes {span['lean']:.1f} µs to start and end "
-        f"(the SDK's own tracer: {span['sdk']:.1f} µs)")
+        f"{cpu['untraced'] - cpu['raw']:.0f} µs. One bus span takes {span['sdk']:.1f} µs to start and end "
+        f"(the SDK's tracer)")
 
 
 def _report(result: Result, runs: dict, many: int, spans: int, spans_expected: int) -> None:

@@ -117,7 +117,7 @@ async def test_a_run_that_cannot_start_keeps_its_cause_in_the_result_and_the_spa
         assert "nonexistent-coo-test" in result.error or "No such file" in result.error, result.error
     finally:
         await bus.close()
-    run_spans = [s for s in spans.get_finished_spans() if s.name == "execute sandbox"]
+    run_spans = [s for s in spans.get_finished_spans() if s.name == "execute_tool sandbox"]
     assert run_spans, [s.name for s in spans.get_finished_spans()]
     span = run_spans[-1]
     assert span.status.status_code == StatusCode.ERROR

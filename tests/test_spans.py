@@ -1,24 +1,25 @@
-"""Lean bus spans export exactly what the SDK's spans export, through the same pipeline."""
+"""The bus's tracing (coo.common.bus_tracing): the SDK's own spans, context through
+``opentelemetry.propagate`` over NATS headers, and a switch that turns the spans off but keeps a
+mission in one trace."""
 
 from __future__ import annotations
 
 import pytest
-from opentelemetry import baggage, context, trace
-from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry import baggage, context, propagate, trace
 from opentelemetry.processor.baggage import BaggageSpanProcessor
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import SpanLimits, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRatioBased
-from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, StatusCode, TraceFlags
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
 
+from coo.common import bus_tracing
 from coo.common.bus import extract_trace_context, inject_trace_context
-from coo.common.spans import LeanSpan, LeanTracer
+from coo.common.bus_tracing import BusTracing
 
 MISSION = "0f3c9a2b7d5e4c1a8b6f9e0d1c2b3a4f"
-ATTRS = {"messaging.system": "nats", "messaging.destination.name": "coo.tasks.engineer",
-         "messaging.message.body.size": 2048}
+ATTRS = bus_tracing.process_attributes("coo.tasks.engineer", "coo.tasks.{role}")
 
 
 def _provider(**kwargs) -> tuple[TracerProvider, InMemorySpanExporter]:
@@ -29,90 +30,28 @@ def _provider(**kwargs) -> tuple[TracerProvider, InMemorySpanExporter]:
     return provider, exporter
 
 
-def _exercise(tracer, parent) -> None:
-    """What a bus hop and its handler may do to a span."""
-    span = tracer.start_span("process coo.tasks.engineer", context=parent, kind=SpanKind.CONSUMER,
-                             attributes=dict(ATTRS))
-    span.set_attribute("messaging.nats.delivered_count", 3)
-    span.set_attribute("coo.tags", ["a", "b"])
-    span.set_attribute("coo.bad", {"not": "allowed"})        # invalid: dropped by both
-    span.set_attributes({"coo.flag": True, "coo.ratio": 0.5})
-    try:
-        raise ValueError("boom")
-    except ValueError as exc:
-        span.record_exception(exc, attributes={"coo.where": "handler"})
-    span.add_event("retry", {"delay": 1.5})
-    span.set_status(StatusCode.ERROR, "terminated")
-    span.update_name("process coo.tasks.{role}")
+def _mission() -> context.Context:
+    return baggage.set_baggage("mission.id", MISSION, context.Context())
+
+
+def test_bus_spans_are_the_sdks_spans_with_the_messaging_attributes():
+    provider, exporter = _provider()
+    span = BusTracing(provider).consumer("process coo.tasks.{role}", _mission(), ATTRS)
     span.end()
-    span.set_attribute("after.end", "ignored")
-    span.end()                                               # a second end exports nothing more
-
-
-def _comparable(span) -> dict:
-    return {
-        "name": span.name, "kind": span.kind, "attributes": dict(span.attributes),
-        "dropped_attributes": span.dropped_attributes, "dropped_events": span.dropped_events,
-        "events": [(e.name, {k: v for k, v in e.attributes.items() if k != "exception.stacktrace"})
-                   for e in span.events],
-        "status": (span.status.status_code, span.status.description),
-        "parent": span.parent, "trace_id": span.context.trace_id, "flags": span.context.trace_flags,
-        "resource": dict(span.resource.attributes), "scope": span.instrumentation_scope.name,
-        "timed": span.start_time <= span.end_time,
-    }
-
-
-def test_lean_span_exports_what_the_sdk_span_exports():
-    provider, exporter = _provider()
-    remote = SpanContext(0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331, is_remote=True,
-                         trace_flags=TraceFlags(TraceFlags.SAMPLED))
-    parent = trace.set_span_in_context(NonRecordingSpan(remote), baggage.set_baggage("mission.id", MISSION))
-
-    _exercise(provider.get_tracer("coo.bus"), parent)
-    _exercise(LeanTracer("coo.bus", provider), parent)
-
-    sdk_span, lean_span = exporter.get_finished_spans()
-    assert isinstance(lean_span, LeanSpan)
-    assert _comparable(lean_span) == _comparable(sdk_span)
-    assert lean_span.attributes["mission.id"] == MISSION    # the baggage processor saw on_start
-    assert lean_span.parent == remote and lean_span.context.span_id != sdk_span.context.span_id
-    # the real OTLP encoding takes it as it takes the SDK's span
-    encoded = encode_spans([sdk_span, lean_span])
-    a, b = (s for r in encoded.resource_spans for ss in r.scope_spans for s in ss.spans)
-    assert (a.name, a.kind, len(a.attributes), len(a.events)) == (b.name, b.kind, len(b.attributes), len(b.events))
-
-
-def test_limits_drop_and_count_like_the_sdk():
-    limits = SpanLimits(max_span_attributes=4, max_events=1, max_span_attribute_length=5)
-    provider, exporter = _provider(span_limits=limits)
-    for tracer in (provider.get_tracer("t"), LeanTracer("t", provider)):
-        span = tracer.start_span("s", attributes={"a": "1", "b": "2"})
-        for i in range(5):
-            span.set_attribute(f"k{i}", "a long value")
-        span.add_event("one")
-        span.add_event("two")
-        span.end()
-    sdk_span, lean_span = exporter.get_finished_spans()
-    assert {**_comparable(lean_span), "trace_id": 0} == {**_comparable(sdk_span), "trace_id": 0}  # two roots
-    assert lean_span.dropped_attributes == 3 and lean_span.dropped_events == 1
-    assert all(len(v) <= 5 for v in lean_span.attributes.values())
-
-
-def test_root_span_gets_a_new_trace_and_a_sampled_random_flag():
-    provider, exporter = _provider()
-    LeanTracer("t", provider).start_span("root", context=context.Context()).end()
-    sdk = provider.get_tracer("t").start_span("root", context=context.Context())
-    sdk.end()
-    lean_span, sdk_span = exporter.get_finished_spans()
-    assert lean_span.parent is None and lean_span.context.is_valid
-    assert lean_span.context.trace_flags == sdk_span.context.trace_flags
+    (exported,) = exporter.get_finished_spans()
+    assert isinstance(exported, ReadableSpan) and exported.kind is SpanKind.CONSUMER
+    assert exported.instrumentation_scope.name == "coo.bus"
+    assert dict(exported.attributes) == {**ATTRS, "mission.id": MISSION}
+    assert ATTRS == {"messaging.system": "nats", "messaging.operation.type": "process",
+                     "messaging.operation.name": "process", "messaging.destination.name": "coo.tasks.engineer",
+                     "messaging.destination.template": "coo.tasks.{role}"}
 
 
 @pytest.mark.parametrize("sampler", [ALWAYS_OFF, ParentBased(ALWAYS_OFF), TraceIdRatioBased(0.0)])
 def test_the_providers_sampler_decides(sampler):
     provider, exporter = _provider(sampler=sampler)
-    span = LeanTracer("t", provider).start_span("s", context=context.Context(), attributes=dict(ATTRS))
-    assert not span.is_recording() and not isinstance(span, LeanSpan)
+    span = BusTracing(provider).producer("send x", context.Context(), ATTRS)
+    assert not span.is_recording()
     span.end()
     assert exporter.get_finished_spans() == ()
 
@@ -120,7 +59,7 @@ def test_the_providers_sampler_decides(sampler):
 def test_an_unsampled_parent_makes_an_unsampled_child():
     provider, exporter = _provider()
     remote = SpanContext(1, 2, is_remote=True, trace_flags=TraceFlags(TraceFlags.DEFAULT))
-    span = LeanTracer("t", provider).start_span("s", context=trace.set_span_in_context(NonRecordingSpan(remote)))
+    span = BusTracing(provider).producer("s", trace.set_span_in_context(NonRecordingSpan(remote)), ATTRS)
     span.end()
     assert not span.get_span_context().trace_flags.sampled and exporter.get_finished_spans() == ()
     headers: dict[str, str] = {}
@@ -128,44 +67,83 @@ def test_an_unsampled_parent_makes_an_unsampled_child():
     assert headers["traceparent"].endswith("-00")            # the decision travels on
 
 
-def test_without_an_sdk_provider_the_api_decides():
-    tracer = LeanTracer("t", trace.NoOpTracerProvider())
-    span = tracer.start_span("s", context=context.Context(), kind=SpanKind.PRODUCER, attributes=dict(ATTRS))
+def test_without_an_sdk_provider_the_baggage_still_travels():
+    span = BusTracing(trace.NoOpTracerProvider()).producer("s", context.Context(), ATTRS)
     assert not span.is_recording()
     headers: dict[str, str] = {}
-    inject_trace_context(headers, span, baggage.set_baggage("mission.id", MISSION, context.Context()))
+    inject_trace_context(headers, span, _mission())
     assert "traceparent" not in headers and headers["baggage"] == f"mission.id={MISSION}"
+
+
+def test_headers_carry_what_the_global_propagator_writes():
+    provider, _ = _provider()
+    span = BusTracing(provider).producer("send x", _mission(), ATTRS)
+    headers: dict[str, str] = {"Nats-Msg-Id": "m-1"}
+    inject_trace_context(headers, span, _mission())
+    expected: dict[str, str] = {}
+    propagate.inject(expected, context=trace.set_span_in_context(span, _mission()))
+    assert headers == {"Nats-Msg-Id": "m-1", **expected}
+    got = extract_trace_context(headers)
+    assert trace.get_current_span(got).get_span_context().span_id == span.get_span_context().span_id
+    assert baggage.get_baggage("mission.id", got) == MISSION
+    assert extract_trace_context(None) == context.Context() == extract_trace_context({})
+
+
+def _hop(tracing: BusTracing, provider: TracerProvider) -> None:
+    """A publish, then a consume whose handler starts a span of its own."""
+    with provider.get_tracer("orchestrator").start_as_current_span("invoke_workflow coo.mission"):
+        parent = baggage.set_baggage("mission.id", MISSION)
+        producer = tracing.producer("send x", parent, ATTRS)
+        headers: dict[str, str] = {}
+        inject_trace_context(headers, producer, parent)
+        producer.end()
+    received = extract_trace_context(headers)
+    consumer = tracing.consumer("process x", received, ATTRS)
+    token = context.attach(trace.set_span_in_context(consumer, received))
+    try:
+        with provider.get_tracer("agent").start_as_current_span("invoke_agent engineer"):
+            pass
+    finally:
+        context.detach(token)
+        consumer.end()
 
 
 def test_a_consumer_span_is_the_parent_of_what_the_handler_starts():
     provider, exporter = _provider()
-    lean = LeanTracer("coo.bus", provider)
-    producer = lean.start_span("send x", kind=SpanKind.PRODUCER,
-                               context=baggage.set_baggage("mission.id", MISSION, context.Context()))
-    headers: dict[str, str] = {}
-    inject_trace_context(headers, producer, baggage.set_baggage("mission.id", MISSION, context.Context()))
-    producer.end()
-    parent = extract_trace_context(headers)
-    consumer = lean.start_span("process x", context=parent, kind=SpanKind.CONSUMER)
-    token = context.attach(trace.set_span_in_context(consumer, parent))
-    try:
-        with provider.get_tracer("agent").start_as_current_span("invoke_agent engineer"):
-            trace.get_current_span().set_attribute("coo.role", "engineer")
-    finally:
-        context.detach(token)
-        consumer.end()
-    send, child, process = exporter.get_finished_spans()
+    _hop(BusTracing(provider), provider)
+    root, = (s for s in exporter.get_finished_spans() if s.name.startswith("invoke_workflow"))
+    by_name = {s.name: s for s in exporter.get_finished_spans()}
+    send, process, child = by_name["send x"], by_name["process x"], by_name["invoke_agent engineer"]
+    assert send.parent.span_id == root.context.span_id
     assert process.parent.span_id == send.context.span_id
     assert child.parent.span_id == process.context.span_id
-    assert {s.context.trace_id for s in (send, child, process)} == {send.context.trace_id}
+    assert {s.context.trace_id for s in (root, send, child, process)} == {root.context.trace_id}
     assert all(s.attributes["mission.id"] == MISSION for s in (send, child, process))
 
 
+def test_switched_off_no_bus_span_and_still_one_trace(monkeypatch):
+    monkeypatch.setenv("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", "fastapi, coo_bus")
+    assert bus_tracing.instrumentation_disabled()
+    provider, exporter = _provider()
+    tracing = BusTracing(provider)
+    assert not tracing.enabled
+    _hop(tracing, provider)
+    root, child = exporter.get_finished_spans()              # no bus span in between
+    assert [s.name for s in (root, child)] == ["invoke_workflow coo.mission", "invoke_agent engineer"]
+    assert child.parent.span_id == root.context.span_id and child.context.trace_id == root.context.trace_id
+    assert child.attributes["mission.id"] == MISSION
+
+
+def test_the_switch_reads_contribs_variable(monkeypatch):
+    for value, off in (("", False), ("fastapi", False), ("coo_bus", True), ("*", True)):
+        monkeypatch.setenv("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", value)
+        assert bus_tracing.instrumentation_disabled() is off
+        assert BusTracing(trace.NoOpTracerProvider()).enabled is not off
+
+
 def test_without_a_provider_the_global_one_is_used(spans):
-    lean = LeanTracer("coo.bus")                      # the tests' global provider: setup_telemetry's
-    span = lean.start_span("send x", kind=SpanKind.PRODUCER, context=context.Context(), attributes=dict(ATTRS))
+    span = BusTracing().producer("send global", context.Context(), ATTRS)
     span.end()
-    assert isinstance(span, LeanSpan)
-    (exported,) = [s for s in spans.get_finished_spans() if s.name == "send x"]
+    (exported,) = [s for s in spans.get_finished_spans() if s.name == "send global"]
     assert exported.resource.attributes["service.name"] == trace.get_tracer_provider().resource.attributes[
         "service.name"]

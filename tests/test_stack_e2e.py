@@ -19,7 +19,7 @@ from tests.harness import CANARIES, ECHO, assert_every_panel_has_data, canary_go
 pytestmark = pytest.mark.stack
 
 REQUIRED_SPANS = {"invoke_workflow coo.mission", "invoke_agent coo", "invoke_agent engineer", "invoke_agent qa",
-                  "execute sandbox"}
+                  "execute_tool sandbox"}
 
 
 @pytest.fixture(scope="module")

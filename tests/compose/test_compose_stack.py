@@ -144,7 +144,7 @@ def test_one_trace_per_mission_with_all_four_services(stack: ComposeStack):
     assert traces[0]["traceID"] == m["trace_id"]
     assert len({s["traceID"] for s in traces[0]["spans"]}) == 1
     names = {s["operationName"] for s in traces[0]["spans"]}
-    assert "execute sandbox" in names and any(n.startswith("chat ") for n in names), names
+    assert "execute_tool sandbox" in names and any(n.startswith("chat ") for n in names), names
 
 
 def test_budget_exceeded_reaches_the_orchestrators_webhook(stack: ComposeStack):
@@ -246,7 +246,7 @@ def test_a_sandbox_run_that_cannot_start_keeps_its_cause(stack: ComposeStack):
             for trace in stack.traces_of(m["mission_id"]):
                 for span in trace["spans"]:
                     tags = {t["key"]: t["value"] for t in span["tags"]}
-                    if span["operationName"] == "execute sandbox" and tags.get("otel.status_code") == "ERROR":
+                    if span["operationName"] == "execute_tool sandbox" and tags.get("otel.status_code") == "ERROR":
                         return tags
             return None
 

@@ -7,8 +7,9 @@ For each :class:`AgentTask`:
 
 1. Bad tasks (no task or mission id, no/unknown role, role not matching the subject, no goal, a
    QA task without a sandbox result) raise :class:`InvalidMessage`: dead-lettered with a reason.
-2. The work runs in an ``invoke_agent {role}`` INTERNAL span (child of the bus CONSUMER span;
-   ``mission.id`` comes from baggage). A heartbeat calls ``delivery.in_progress()`` every
+2. The work runs in an ``invoke_agent {role}`` INTERNAL span (GenAI conventions v1.41, see
+   :mod:`coo.common.spans`; child of the bus CONSUMER span; ``mission.id`` comes from baggage and
+   is the span's ``gen_ai.conversation.id``). A heartbeat calls ``delivery.in_progress()`` every
    ``COO_AGENT_HEARTBEAT_SECONDS`` so JetStream does not redeliver a long LLM call.
 3. The prompt is built from the role's template and fitted to the model's context window.
 4. Before every LLM call (the repair call too) a budget reservation is made
@@ -43,13 +44,14 @@ from urllib.parse import urlparse
 import nats.errors
 from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
+from opentelemetry.trace import Status, StatusCode
 
 from coo.agent import roles
 from coo.agent.llm import COST_ATTRIBUTE, Completion, LLMClient, LLMError, instrument_openai, response_format_for
 from coo.agent.settings import AgentSettings
 from coo.budget.client import BudgetClient
-from coo.common import metrics, topology
+from coo.common import metrics, spans, topology
 from coo.common.bus import Bus, Delivery, InvalidMessage, Retry, ServiceError
 from coo.common.scrub import scrub_text
 from coo.common.service import ServiceContext, run
@@ -145,16 +147,9 @@ class Agent:
         model = self.settings.model_for(role, task.model)
         started = time.perf_counter()
         outcome = "internal"
-        attributes = {
-            "gen_ai.operation.name": "invoke_agent",
-            "gen_ai.agent.name": role,
-            "gen_ai.provider.name": self.settings.llm_provider_name,
-            "gen_ai.request.model": model,
-            "coo.task.id": task.task_id,
-            "coo.attempt": task.attempt,
-        }
-        with _tracer.start_as_current_span(f"invoke_agent {role}", kind=SpanKind.INTERNAL, attributes=attributes,
-                                           record_exception=False, set_status_on_exception=False) as span:
+        attributes = {"coo.task.id": task.task_id, "coo.attempt": task.attempt}
+        with spans.invoke_agent(_tracer, role, provider=self.settings.llm_provider_name, model=model,
+                                mission_id=task.mission_id, attributes=attributes) as span:
             heartbeat = asyncio.create_task(self._heartbeat(delivery), name=f"heartbeat:{task.task_id}")
             run_ = _Run(task, delivery, role, spec, model,
                         self.settings.max_output_tokens_for(role, task.max_output_tokens), span)
@@ -217,7 +212,7 @@ class Agent:
             except Exception as exc:
                 span.record_exception(exc)
                 span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
-                span.set_attribute("error.type", type(exc).__qualname__)
+                span.set_attribute(ERROR_TYPE, type(exc).__qualname__)
                 raise
             finally:
                 heartbeat.cancel()
@@ -226,16 +221,16 @@ class Agent:
 
     def _annotate(self, span: trace.Span, run_: _Run, outcome: str) -> None:
         span.set_attribute("coo.outcome", outcome)
-        span.set_attribute("gen_ai.usage.input_tokens", run_.usage.input_tokens)
-        span.set_attribute("gen_ai.usage.output_tokens", run_.usage.output_tokens)
+        span.set_attribute(spans.GEN_AI_USAGE_INPUT_TOKENS, run_.usage.input_tokens)
+        span.set_attribute(spans.GEN_AI_USAGE_OUTPUT_TOKENS, run_.usage.output_tokens)
         span.set_attribute(COST_ATTRIBUTE, run_.usage.cost_usd)
         span.set_attribute("coo.llm.calls", run_.calls)
         if run_.answered_by:
-            span.set_attribute("gen_ai.response.model", run_.answered_by)
+            span.set_attribute(spans.GEN_AI_RESPONSE_MODEL, run_.answered_by)
         if run_.truncated_chars:
             span.set_attribute("coo.prompt.truncated_chars", run_.truncated_chars)
         if outcome not in ("ok",):
-            span.set_attribute("error.type", outcome)
+            span.set_attribute(ERROR_TYPE, outcome)
 
     async def _heartbeat(self, delivery: Delivery) -> None:
         interval = self.settings.agent_heartbeat_seconds
@@ -363,7 +358,9 @@ class Agent:
             completion = await self.llm.chat(model=run_.model, messages=messages, max_tokens=run_.max_output_tokens,
                                              schema_name=spec.schema_name, schema=spec.schema, on_usage=on_usage)
         except LLMError as exc:
-            metrics.LLM_SECONDS.labels(run_.model, "error").observe(time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            metrics.LLM_SECONDS.labels(run_.model, "error").observe(seconds)
+            self._chat_duration(run_, seconds, exc.kind)
             metrics.LLM_ERRORS.labels(run_.model, exc.kind).inc()
             log.warning("LLM call failed", task_id=task.task_id, role=run_.role, kind=exc.kind,
                         transient=exc.transient, error=_short(exc, 300))
@@ -375,7 +372,9 @@ class Agent:
                     retry.delay = max(retry.delay, min(exc.retry_after, 300.0))
                 raise retry from None
             raise _Failure(agent_pb2.ERROR_KIND_LLM, f"LLM call failed: {exc}", "llm_error") from None
-        metrics.LLM_SECONDS.labels(run_.model, "ok").observe(time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        metrics.LLM_SECONDS.labels(run_.model, "ok").observe(seconds)
+        self._chat_duration(run_, seconds, "")
         run_.usage.calls += 1
         run_.answered_by = completion.model
         run_.structured_output = completion.structured_output
@@ -387,6 +386,11 @@ class Agent:
             raise _Failure(agent_pb2.ERROR_KIND_REFUSED, f"the model refused: {refusal}", "refused")
         return completion
 
+    def _chat_duration(self, run_: _Run, seconds: float, error_type: str) -> None:
+        """gen_ai.client.operation.duration of one chat call (``error_type`` empty: it succeeded)."""
+        metrics.GENAI_OPERATION_DURATION.labels(spans.CHAT, self.settings.llm_provider_name, run_.model,
+                                                error_type).observe(seconds, exemplar=trace_exemplar())
+
     async def _settle(self, run_: _Run, reservation_id: str, input_tokens: int, output_tokens: int,
                       reported: bool) -> float | None:
         """Count the usage and settle the reservation; never raises (the answer is already paid)."""
@@ -394,6 +398,10 @@ class Agent:
         run_.usage.output_tokens += output_tokens
         metrics.LLM_TOKENS.labels(run_.model, "input").inc(input_tokens)
         metrics.LLM_TOKENS.labels(run_.model, "output").inc(output_tokens)
+        provider = self.settings.llm_provider_name
+        for token_type, count in ((spans.INPUT, input_tokens), (spans.OUTPUT, output_tokens)):
+            metrics.GENAI_TOKEN_USAGE.labels(spans.CHAT, provider, run_.model, token_type).observe(
+                count, exemplar=trace_exemplar())
         if not reported:
             log.warning("the LLM endpoint reported no usage; settling an estimate", task_id=run_.task.task_id)
         try:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -36,18 +35,16 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 from nats.micro.request import Request
-from opentelemetry import baggage, context, propagate, trace
-from opentelemetry.baggage.propagation import W3CBaggagePropagator
+from opentelemetry import baggage, context, trace
 from opentelemetry.context.context import Context
-from opentelemetry.propagators.composite import CompositePropagator
-from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
+from opentelemetry.trace import Status, StatusCode
 
-from coo.common import metrics, topology
+from coo.common import bus_tracing, metrics, topology
+from coo.common.bus_tracing import MESSAGING_MESSAGE_BODY_SIZE, MESSAGING_MESSAGE_ID, NATS_DELIVERED_COUNT
 from coo.common.config import CommonSettings
 from coo.common.declare import declare
 from coo.common.scrub import scrub_text
-from coo.common.spans import LeanTracer
 from coo.common.telemetry import debug_enabled, get_logger
 
 log = get_logger("coo.bus")
@@ -113,124 +110,19 @@ def _mission_context(mission_id: str | None) -> context.Context | None:
     return baggage.set_baggage(MISSION_BAGGAGE_KEY, mission_id)
 
 
-# ---------------------------------------------------------------- the hot path
-# Every message crosses this module twice (a PRODUCER and a CONSUMER span), so the work per
-# message is kept to what the trace needs. The OTel API's general machinery (the composite
-# propagator's getters/setters, regex per header, URL-quoting the same baggage again and again,
-# label lookups in prometheus-client) costs more than the spans themselves; the helpers below
-# give exactly the same headers, contexts and metrics, with the general path kept as fallback
-# for anything unusual (another global propagator, a tracestate, a malformed traceparent).
-
-_TRACEPARENT = "traceparent"
-_TRACESTATE = "tracestate"
-_BAGGAGE = "baggage"
-_TRACEPARENT_RE = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
-_INVALID_TRACE_ID = "0" * 32
-_INVALID_SPAN_ID = "0" * 16
-_EMPTY_CONTEXT = Context()
-_BAGGAGE_PROPAGATOR = W3CBaggagePropagator()
-_MAX_CACHED = 4096     # per cache below; cleared when full (mission ids are unbounded)
-_MISS = object()
-_propagation_checked: list = [None, False]   # [global textmap seen last, is it the default?]
-
-
-def _default_propagation() -> bool:
-    """Is the global propagator the default composite (W3C tracecontext + baggage)? Only then
-    may the helpers below stand in for it; checked again whenever the global one changes."""
-    textmap = propagate.get_global_textmap()
-    if _propagation_checked[0] is not textmap:
-        inner = getattr(textmap, "_propagators", None) if type(textmap) is CompositePropagator else None
-        kinds = [type(p) for p in inner] if inner is not None else None
-        _propagation_checked[:] = [textmap, kinds == [TraceContextTextMapPropagator, W3CBaggagePropagator]]
-    return _propagation_checked[1]
-
-
-def _bounded(cache: dict) -> dict:
-    if len(cache) >= _MAX_CACHED:
-        cache.clear()
-    return cache
-
-
-_baggage_headers: dict = {}
-
-
-def _baggage_header(ctx: Context) -> str | None:
-    """The ``baggage`` header of ``ctx`` (None when it has no baggage), formatted once per
-    distinct baggage by the W3C propagator itself."""
-    entries = baggage.get_all(ctx)
-    if not entries:
-        return None
-    try:
-        key = tuple(entries.items())
-        header = _baggage_headers.get(key, _MISS)
-    except TypeError:               # an unhashable baggage value: no caching
-        key, header = None, _MISS
-    if header is _MISS:
-        carrier: dict[str, str] = {}
-        _BAGGAGE_PROPAGATOR.inject(carrier, context=ctx)
-        header = carrier.get(_BAGGAGE)
-        if key is not None:
-            _bounded(_baggage_headers)[key] = header
-    return header
-
+# ---------------------------------------------------------------- trace context
+# The bus's spans, attribute names and header carrier live in coo.common.bus_tracing; these two
+# are kept here for callers that pass trace context by hand.
 
 def inject_trace_context(headers: dict[str, str], span: trace.Span, parent: Context | None) -> None:
-    """What ``propagate.inject(headers, context=<parent with the span set>)`` writes: the
-    traceparent formatted directly, the baggage header (the parent's baggage, which setting a
-    span does not change) only when there is baggage. ``parent`` None: the current context."""
-    ctx = context.get_current() if parent is None else parent
-    if not _default_propagation():
-        propagate.inject(headers, context=trace.set_span_in_context(span, ctx))
-        return
-    span_context = span.get_span_context()
-    if span_context != trace.INVALID_SPAN_CONTEXT:
-        headers[_TRACEPARENT] = (f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-"
-                                 f"{span_context.trace_flags:02x}")
-        if span_context.trace_state:
-            headers[_TRACESTATE] = span_context.trace_state.to_header()
-    header = _baggage_header(ctx)
-    if header:
-        headers[_BAGGAGE] = header
+    """``propagate.inject`` into NATS headers: the context of ``parent`` (None: the current one)
+    with ``span`` set in it."""
+    bus_tracing.inject_trace_context(headers, span, parent)
 
 
-_baggage_contexts: dict = {}
-
-
-def _baggage_context(header: str | None) -> Context:
-    """A context holding the baggage of a ``baggage`` header (parsed once per distinct header
-    by the W3C propagator itself; contexts are immutable, so the result is shared)."""
-    if not header:
-        return _EMPTY_CONTEXT
-    ctx = _baggage_contexts.get(header)
-    if ctx is None:
-        ctx = _bounded(_baggage_contexts)[header] = _BAGGAGE_PROPAGATOR.extract({_BAGGAGE: header},
-                                                                                 context=Context())
-    return ctx
-
-
-def _remote_span_context(traceparent: str) -> SpanContext | None:
-    """A version-00 traceparent as the propagator reads it; None for anything else."""
-    match = _TRACEPARENT_RE.fullmatch(traceparent) if len(traceparent) == 55 else None
-    if match is None:
-        return None
-    trace_id, span_id, flags = match.groups()
-    if trace_id == _INVALID_TRACE_ID or span_id == _INVALID_SPAN_ID:
-        return None
-    return SpanContext(int(trace_id, 16), int(span_id, 16), is_remote=True, trace_flags=TraceFlags(int(flags, 16)))
-
-
-def extract_trace_context(headers: Mapping[str, str]) -> Context:
-    """What ``propagate.extract(headers)`` returns, parsing the traceparent directly."""
-    if not _default_propagation() or _TRACESTATE in headers:
-        return propagate.extract(headers)
-    ctx = _baggage_context(headers.get(_BAGGAGE))
-    traceparent = headers.get(_TRACEPARENT)
-    if not traceparent:
-        return ctx
-    span_context = _remote_span_context(traceparent)
-    if span_context is None:
-        return propagate.extract(headers)
-    return trace.set_span_in_context(NonRecordingSpan(span_context), ctx)
+def extract_trace_context(headers: Mapping[str, str] | None) -> Context:
+    """``propagate.extract`` from NATS headers."""
+    return bus_tracing.extract(headers)
 
 
 def _bind_mission(mission_id: str | None):
@@ -273,21 +165,20 @@ class _Route:
 
 
 _routes: dict = {}
+_MAX_ROUTES = 4096
 
 
 def _route(subject: str) -> _Route:
     route = _routes.get(subject)
     if route is None:
         template = topology.subject_template(subject)
-        send = {"messaging.system": "nats", "messaging.operation.type": "send",
-                "messaging.operation.name": "send", "messaging.destination.name": subject}
-        process = {"messaging.system": "nats", "messaging.operation.type": "process",
-                   "messaging.operation.name": "process", "messaging.destination.name": subject}
-        route = _bounded(_routes)[subject] = _Route(
+        if len(_routes) >= _MAX_ROUTES:     # subjects carry mission ids: keep the cache bounded
+            _routes.clear()
+        route = _routes[subject] = _Route(
             template, f"send {template}", f"process {template}",
-            {**send, "messaging.destination.template": template},
-            {**process, "messaging.destination.template": template},
-            f"send {subject}", f"process {subject}", send, process,
+            bus_tracing.send_attributes(subject, template), bus_tracing.process_attributes(subject, template),
+            f"send {subject}", f"process {subject}",
+            bus_tracing.send_attributes(subject, None), bus_tracing.process_attributes(subject, None),
         )
     return route
 
@@ -309,6 +200,7 @@ class Delivery:
     msg: Msg
     subject: str
     template: str
+    client: NATS | None = None     # the connection that fetched it: a terminate with a reason goes through it
     settled: bool = False
 
     @property
@@ -342,7 +234,10 @@ class Delivery:
         if not self.settled:
             self.settled = True
             reason = scrub_text(" ".join(reason.split()))[:256]  # reasons quote input: never a secret in the DLQ
-            await self.msg._client.publish(self.msg.reply, b"+TERM " + reason.encode())
+            if self.client is None:       # no connection at hand: a terminate without its reason
+                await self.msg.term()
+                return
+            await self.client.publish(self.msg.reply, b"+TERM " + reason.encode())
 
     async def in_progress(self) -> None:
         await self.msg.in_progress()
@@ -376,7 +271,7 @@ class Bus:
         self.js: JetStreamContext = nc.jetstream()
         self.service = service
         self.settings = settings
-        self._tracer = LeanTracer("coo.bus", tracer_provider)   # None: the global provider
+        self._tracing = bus_tracing.BusTracing(tracer_provider)   # None: the global provider
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._micro: list[nats.micro.Service] = []
@@ -387,7 +282,7 @@ class Bus:
     @classmethod
     async def connect(cls, service: str, settings: CommonSettings | None = None, *,
                       servers: list[str] | None = None, connect_timeout: float = 5.0,
-                      tracer_provider: trace.TracerProvider | None = None) -> "Bus":
+                      tracer_provider: trace.TracerProvider | None = None) -> Bus:
         settings = settings or CommonSettings()
         blog = log.bind(service=service)
 
@@ -427,10 +322,8 @@ class Bus:
         self._stop.set()
         self._closing.set()
         for svc in self._micro:
-            try:
+            with contextlib.suppress(Exception):
                 await svc.stop()
-            except Exception:  # noqa: BLE001
-                pass
         if self._tasks or self._requests:
             await asyncio.gather(*self._tasks, *self._requests, return_exceptions=True)
         if not self.nc.is_closed:
@@ -478,11 +371,9 @@ class Bus:
         msg_id = msg_id or uuid.uuid4().hex
         data = message.SerializeToString()
         parent = _mission_context(mission_id)
-        span = self._tracer.start_span(
-            route.send_name, context=parent, kind=SpanKind.PRODUCER,
-            attributes={**route.send_attributes, "messaging.message.id": msg_id,
-                        "messaging.message.body.size": len(data)},
-        )
+        span = self._tracing.producer(
+            route.send_name, parent,
+            {**route.send_attributes, MESSAGING_MESSAGE_ID: msg_id, MESSAGING_MESSAGE_BODY_SIZE: len(data)})
         # A fresh dict per message: js.publish may add headers to the one it is given.
         headers = {HEADER_MSG_ID: msg_id, HEADER_TYPE: type_name(message)}
         if mission_id:
@@ -596,11 +487,10 @@ class Bus:
         route = _route(subject)
         headers = msg.headers or {}
         parent = extract_trace_context(headers)
-        span = self._tracer.start_span(
-            route.process_name, context=parent, kind=SpanKind.CONSUMER,
-            attributes={**route.process_attributes, "messaging.message.id": headers.get(HEADER_MSG_ID, ""),
-                        "messaging.message.body.size": len(msg.data)},
-        )
+        span = self._tracing.consumer(
+            route.process_name, parent,
+            {**route.process_attributes, MESSAGING_MESSAGE_ID: headers.get(HEADER_MSG_ID, ""),
+             MESSAGING_MESSAGE_BODY_SIZE: len(msg.data)})
         token = context.attach(trace.set_span_in_context(span, parent))
         bound = _bind_mission(headers.get(HEADER_MISSION))
         started = time.perf_counter()
@@ -609,7 +499,7 @@ class Bus:
             log.debug("message received", subject=subject, msg_id=headers.get(HEADER_MSG_ID, ""),
                       type=headers.get(HEADER_TYPE, ""), bytes=len(msg.data), delivered=_num_delivered(msg))
         try:
-            outcome = await self._settle(msg, Delivery(msg, subject, route.template), headers, handler, accepted,
+            outcome = await self._settle(msg, Delivery(msg, subject, route.template, self.nc), headers, handler, accepted,
                                          span)
         finally:
             if _DEBUG:
@@ -629,7 +519,7 @@ class Bus:
             delivered = _num_delivered(msg)
             if delivered > 1:
                 _metric(metrics.BUS_REDELIVERIES, delivery.template).inc()
-                span.set_attribute("messaging.nats.delivered_count", delivered)
+                span.set_attribute(NATS_DELIVERED_COUNT, delivered)
             if len(msg.data) > self.settings.max_payload_bytes:
                 raise InvalidMessage(f"oversized payload: {len(msg.data)} bytes > "
                                      f"{self.settings.max_payload_bytes}")
@@ -639,7 +529,7 @@ class Bus:
             return "ack"
         except InvalidMessage as exc:
             span.set_status(Status(StatusCode.ERROR, "terminated"))
-            span.set_attribute("error.type", "InvalidMessage")
+            span.set_attribute(ERROR_TYPE, "InvalidMessage")
             log.warning("message terminated to the dead-letter queue", subject=subject,
                         reason=str(exc), stream_seq=delivery.stream_seq)
             await delivery.term(str(exc))
@@ -653,7 +543,7 @@ class Bus:
             # back now (a nak without delay), so JetStream redelivers it at once instead of after
             # its ack wait. The handler is idempotent: a redelivery may find its work half done.
             span.set_status(Status(StatusCode.ERROR, "handed back: the service stopped"))
-            span.set_attribute("error.type", "shutdown")
+            span.set_attribute(ERROR_TYPE, "shutdown")
             log.warning("service stopping: message handed back for redelivery", subject=subject,
                         stream_seq=delivery.stream_seq, attempt=delivery.num_delivered)
             with contextlib.suppress(Exception):
@@ -663,14 +553,12 @@ class Bus:
         except Exception as exc:  # noqa: BLE001 - never crash the consumer
             span.record_exception(exc)
             span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
-            span.set_attribute("error.type", type(exc).__qualname__)
+            span.set_attribute(ERROR_TYPE, type(exc).__qualname__)
             delay = _retry_delay(delivery.num_delivered)
             log.error("handler failed; message will be redelivered", subject=subject,
                       error=f"{type(exc).__name__}: {exc}", attempt=delivery.num_delivered, delay=delay)
-            try:
+            with contextlib.suppress(Exception):      # ack wait expiry redelivers anyway
                 await delivery.nak(delay)
-            except Exception:  # noqa: BLE001 - ack wait expiry redelivers anyway
-                pass
             return "nak"
 
     # ------------------------------------------------------------ request / reply
@@ -708,8 +596,7 @@ class Bus:
             """One request inside a CONSUMER span whose parent is the requester's context."""
             headers = req.headers or {}
             parent = extract_trace_context(headers)
-            span = self._tracer.start_span(route.serve_name, context=parent, kind=SpanKind.CONSUMER,
-                                           attributes=route.serve_attributes)
+            span = self._tracing.consumer(route.serve_name, parent, route.serve_attributes)
             token = context.attach(trace.set_span_in_context(span, parent))
             outcome = "ok"
             try:
@@ -752,8 +639,7 @@ class Bus:
         parent = _mission_context(mission_id)
         if parent is None:
             parent = context.get_current()
-        span = self._tracer.start_span(route.request_name, context=parent, kind=SpanKind.PRODUCER,
-                                       attributes=route.request_attributes)
+        span = self._tracing.producer(route.request_name, parent, route.request_attributes)
         headers = {HEADER_TYPE: type_name(message)}       # the mission travels in the baggage
         inject_trace_context(headers, span, parent)
         outcome = "ok"

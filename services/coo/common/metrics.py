@@ -64,3 +64,16 @@ SANDBOX_SECONDS = Histogram("coo_sandbox_run_duration_seconds", "Sandbox run wal
                             buckets=_LATENCY + (120,))
 SANDBOX_DUPLICATES = Counter("coo_sandbox_duplicate_requests_total",
                              "Redelivered run requests answered from the stored result")
+
+# ------------------------------------------------ GenAI client metrics (semantic conventions v1.41)
+# gen_ai.client.token.usage and gen_ai.client.operation.duration under their Prometheus names, next to
+# the coo_llm_* metrics above; labels are the convention's attributes with dots made underscores
+# (error_type empty when the call succeeded), buckets the ones the convention advises.
+GENAI_TOKEN_USAGE = Histogram(
+    "gen_ai_client_token_usage", "Number of input and output tokens used (gen_ai.client.token.usage)",
+    ["gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model", "gen_ai_token_type"],
+    buckets=(1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864))
+GENAI_OPERATION_DURATION = Histogram(
+    "gen_ai_client_operation_duration_seconds", "GenAI operation duration (gen_ai.client.operation.duration)",
+    ["gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model", "error_type"],
+    buckets=(0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92))

@@ -4,17 +4,22 @@
 
 * an OTel tracer provider and logger provider exporting OTLP to the collector
   (``OTEL_EXPORTER_OTLP_ENDPOINT``, ``OTEL_EXPORTER_OTLP_PROTOCOL``, ``OTEL_SERVICE_NAME``,
-  ``OTEL_RESOURCE_ATTRIBUTES`` and ``OTEL_SDK_DISABLED`` honoured);
+  ``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_SDK_DISABLED`` and ``OTEL_TRACES_EXPORTER`` /
+  ``OTEL_LOGS_EXPORTER`` = ``none`` honoured);
 * structlog rendering JSON lines (ISO-8601 UTC timestamp, level, logger, service, trace_id,
   span_id, mission_id when bound) after the secret scrubber, each line also exported as an
   OTel log record; ``COO_DEBUG=1`` switches to DEBUG and a console renderer;
 * the prometheus-client default registry, which each service serves on ``/metrics``.
 
-With no collector reachable the service keeps running and says so once.
+Public APIs only, so an SDK release cannot break a service: the SDK's tracer provider and batch
+processors, log records through ``Logger.emit``, structlog's own ``TimeStamper`` and
+``JSONRenderer`` (with orjson as its serializer). With no collector reachable the service keeps
+running and says so once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import logging.handlers
@@ -23,21 +28,21 @@ import socket
 import sys
 import threading
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
+from importlib.metadata import entry_points
 from pathlib import Path
-from time import time_ns
 from typing import Any
 from urllib.parse import urlparse
 
+import orjson
 import structlog
 from opentelemetry import trace
-from opentelemetry._logs import LogRecord, SeverityNumber, set_logger_provider
-from opentelemetry.attributes import BoundedAttributes
-from opentelemetry.context import get_current
-from opentelemetry.context.context import Context
+
+# The logs signal is still in development upstream: its API and SDK live in the ``_logs`` packages,
+# which are its documented entry points (only their public, exported names are used here).
+from opentelemetry._logs import SeverityNumber, set_logger_provider
 from opentelemetry.processor.baggage import BaggageSpanProcessor
-from opentelemetry.sdk._logs import Logger as SDKLogger
-from opentelemetry.sdk._logs import LoggerProvider, ReadableLogRecord
+from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, LogRecordExporter, LogRecordExportResult
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -107,6 +112,11 @@ class _Reachability:
         log.warning("collector unreachable; telemetry is dropped until it is back",
                     signal=self._what, endpoint=otlp_endpoint())
 
+    def said_down(self) -> None:
+        """The collector's absence was announced another way: the first failure stays quiet."""
+        with self._lock:
+            self._down = True
+
     def ok(self) -> None:
         with self._lock:
             if not self._down:
@@ -120,58 +130,51 @@ _REACHABILITY = _Reachability("traces and logs")  # one voice for every exporter
 
 class _QuietSpanExporter(SpanExporter):
     def __init__(self, inner: SpanExporter) -> None:
-        self._inner = inner
+        self.inner = inner
         self._state = _REACHABILITY
 
     def export(self, spans):
-        result = self._inner.export(spans)
+        result = self.inner.export(spans)
         (self._state.ok if result is SpanExportResult.SUCCESS else self._state.failed)()
         return result
 
     def shutdown(self) -> None:
-        self._inner.shutdown()
+        self.inner.shutdown()
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return self._inner.force_flush(timeout_millis)
+        return self.inner.force_flush(timeout_millis)
 
 
 class _QuietLogExporter(LogRecordExporter):
     def __init__(self, inner: LogRecordExporter) -> None:
-        self._inner = inner
+        self.inner = inner
         self._state = _REACHABILITY
 
     def export(self, batch):
-        result = self._inner.export(batch)
+        result = self.inner.export(batch)
         (self._state.ok if result is LogRecordExportResult.SUCCESS else self._state.failed)()
         return result
 
     def shutdown(self) -> None:
-        self._inner.shutdown()
+        self.inner.shutdown()
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return self._inner.force_flush(timeout_millis)
+        return self.inner.force_flush(timeout_millis)
 
 
 def _otlp_exporters() -> tuple[SpanExporter, LogRecordExporter]:
-    if otlp_protocol().startswith("http"):
-        from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-    else:
-        from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-    return OTLPSpanExporter(), OTLPLogExporter()
+    """The OTLP exporters of ``OTEL_EXPORTER_OTLP_PROTOCOL`` (grpc, or http/protobuf), found as the
+    SDK's own configuration finds them: by their entry points (the log exporters' modules are not
+    public yet)."""
+    kind = "otlp_proto_http" if otlp_protocol().startswith("http") else "otlp_proto_grpc"
+    span_cls = next(iter(entry_points(group="opentelemetry_traces_exporter", name=kind))).load()
+    log_cls = next(iter(entry_points(group="opentelemetry_logs_exporter", name=kind))).load()
+    return span_cls(), log_cls()
 
 
-class _Resource(Resource):
-    """A Resource that hashes once. The OTLP encoders group every span and log record of a batch
-    by resource, and ``Resource.__hash__`` JSON-dumps all the attributes each time: ~3.5 µs of
-    the ~20 µs it takes to encode a span. The attributes are immutable, so the hash is too."""
-
-    def __hash__(self) -> int:
-        cached = self.__dict__.get("_coo_hash")
-        if cached is None:
-            cached = self.__dict__["_coo_hash"] = super().__hash__()
-        return cached
+def exporter_off(signal: str) -> bool:
+    """``OTEL_TRACES_EXPORTER`` / ``OTEL_LOGS_EXPORTER`` = ``none``: that signal is not exported."""
+    return os.environ.get(f"OTEL_{signal.upper()}_EXPORTER", "").strip().lower() == "none"
 
 
 def _resource(service: str) -> Resource:
@@ -183,8 +186,7 @@ def _resource(service: str) -> Resource:
     }
     if not os.environ.get("OTEL_SERVICE_NAME"):
         attrs["service.name"] = service
-    created = Resource.create(attrs)
-    return _Resource(created.attributes, created.schema_url)
+    return Resource.create(attrs)
 
 
 # ---------------------------------------------------------------- structlog processors
@@ -207,40 +209,13 @@ class _StaticFields:
         return event
 
 
-def _otel_value(value: Any) -> Any:
-    if isinstance(value, (str, bool, int, float)):
-        return value
-    return str(value)
-
-
-class _TimeStamper:
-    """``timestamp``: ISO-8601 UTC, exactly as ``structlog.processors.TimeStamper(fmt="iso",
-    utc=True)`` writes it (``2026-11-21T14:33:57.123456Z``, no fraction on a whole second), from
-    ``time_ns()``, with the date and time of the current second formatted once. The last stamp
-    is kept with its nanoseconds so the OTel record of the same line reuses them."""
-
-    __slots__ = ("_second", "last")
-
-    def __init__(self) -> None:
-        self._second: tuple[int, str] = (-1, "")   # one tuple: threads see both parts or neither
-        self.last: tuple[str, int] = ("", 0)
-
-    def __call__(self, _logger, _name, event: dict) -> dict:
-        ns = time_ns()
-        second, fraction = divmod(ns // 1000, 1_000_000)
-        cached, prefix = self._second
-        if second != cached:
-            prefix = datetime.fromtimestamp(second, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
-            self._second = (second, prefix)
-        stamp = f"{prefix}.{fraction:06d}Z" if fraction else f"{prefix}Z"
-        event["timestamp"] = stamp
-        self.last = (stamp, ns)
-        return event
-
-
+_PLAIN = (str, bool, int, float)
 _NOT_ATTRIBUTES = frozenset(("event", "timestamp"))   # the record's body and timestamp
-_EMPTY_CONTEXT = Context()
-_from_iso = datetime.fromisoformat
+_EXPORTING = threading.local()
+
+
+def _otel_value(value: Any) -> Any:
+    return value if isinstance(value, _PLAIN) else str(value)
 
 
 def _timestamp_ns(value: Any) -> int | None:
@@ -248,7 +223,7 @@ def _timestamp_ns(value: Any) -> int | None:
     if type(value) is not str:
         return None
     try:
-        moment = _from_iso(value)
+        moment = datetime.fromisoformat(value)
     except ValueError:
         return None
     if moment.tzinfo is None:
@@ -257,60 +232,30 @@ def _timestamp_ns(value: Any) -> int | None:
     return (int(moment.timestamp()) * 1_000_000 + moment.microsecond) * 1000
 
 
-class _LeanBatchLogRecordProcessor(BatchLogRecordProcessor):
-    """The SDK's batch processor, also taking records :class:`_ExportToOtel` built itself.
-
-    ``Logger.emit`` costs ~15 µs a record: an API record, a ``ReadWriteLogRecord`` that copies
-    and re-validates every attribute into ``BoundedAttributes``, self-metrics, then this
-    processor's ``on_emit`` copies the record again (``copy.copy``) to drop its context and wraps
-    it in a ``ReadableLogRecord``. :meth:`emit_readable` takes that final ``ReadableLogRecord``
-    directly (~4 µs from event to queue); records emitted through the API still go through
-    ``on_emit`` as usual.
-    """
-
-    def emit_readable(self, record: ReadableLogRecord) -> None:
-        self._batch_processor.emit(record)
-
-    @property
-    def lean(self) -> bool:
-        return hasattr(getattr(self, "_batch_processor", None), "emit")
-
-
 def batch_log_processor(exporter: LogRecordExporter, **kwargs: Any) -> BatchLogRecordProcessor:
     """The batch log processor the services put on their logger provider (``kwargs`` and the
     ``OTEL_BLRP_*`` variables as for ``BatchLogRecordProcessor``)."""
-    return _LeanBatchLogRecordProcessor(exporter, **kwargs)
+    return BatchLogRecordProcessor(exporter, **kwargs)
 
 
 @dataclass
 class _ExportToOtel:
-    """Sends each (already scrubbed) event to the OTel logger provider as a log record.
+    """Sends each (already scrubbed) event to the OTel logger provider, through ``Logger.emit``.
 
     Body: the event; severity from the level; time: the line's timestamp; trace and span ids
     from the current span; attributes: every other field (the line's JSON fields, including
-    level, logger, service, trace_id/span_id and mission_id); resource and scope from the
-    provider and the logger's name.
-
-    When the provider's only processor is a :func:`batch_log_processor` (what
-    :func:`setup_telemetry` installs), the record is built here and queued on it directly (see
-    :class:`_LeanBatchLogRecordProcessor`); otherwise, and whenever the SDK does not look as
-    expected, through ``Logger.emit``.
+    level, logger, service, trace_id/span_id and mission_id); resource from the provider, scope
+    from the logger's name.
     """
 
     provider: LoggerProvider
-    stamper: _TimeStamper | None = None
     _loggers: dict[str, Any] = field(default_factory=dict)
 
-    def _logger(self, name: str) -> tuple[Any, bool]:
-        entry = self._loggers.get(name)
-        if entry is None:
-            otel_logger = self.provider.get_logger(name)
-            lean = (isinstance(otel_logger, SDKLogger)
-                    and all(hasattr(otel_logger, a) for a in
-                            ("_multi_log_record_processor", "_is_enabled", "_log_record_limits",
-                             "resource", "instrumentation_scope")))
-            entry = self._loggers[name] = (otel_logger, lean)
-        return entry
+    def _logger(self, name: str):
+        otel_logger = self._loggers.get(name)
+        if otel_logger is None:
+            otel_logger = self._loggers[name] = self.provider.get_logger(name)
+        return otel_logger
 
     def __call__(self, _logger, method_name: str, event: dict) -> dict:
         # A warning the SDK logs while a record is being made (e.g. an attribute truncated to
@@ -327,50 +272,12 @@ class _ExportToOtel:
 
     def _export(self, method_name: str, event: dict) -> None:
         name = event.get("logger", "coo")
-        otel_logger, lean = self._logger(name if type(name) is str else str(name))
         level = event.get("level", method_name)
-        attributes = {k: (v if type(v) in _PLAIN else _otel_value(v))
-                      for k, v in event.items() if v is not None and k not in _NOT_ATTRIBUTES}
-        severity = _SEVERITY.get(level, SeverityNumber.INFO)
-        body = str(event.get("event", ""))
-        stamp = event.get("timestamp")
-        last = self.stamper.last if self.stamper is not None else None
-        timestamp = last[1] if last is not None and stamp is last[0] else _timestamp_ns(stamp)
-        if lean:
-            lean = self._emit_direct(otel_logger, timestamp, severity, level.upper(), body, attributes)
-        if not lean:
-            otel_logger.emit(timestamp=timestamp, severity_number=severity, severity_text=level.upper(),
-                             body=body, attributes=attributes)
-
-    def _emit_direct(self, otel_logger, timestamp, severity, severity_text, body, attributes) -> bool:
-        """Logger.emit + BatchLogRecordProcessor.on_emit, less the copies; False: not possible."""
-        # Only when the record would reach nothing else: the processors may change at any time.
-        processors = getattr(otel_logger._multi_log_record_processor, "_log_record_processors", None)  # noqa: SLF001
-        if not processors or len(processors) != 1 or type(processors[0]) is not _LeanBatchLogRecordProcessor:
-            return False
-        direct = processors[0]
-        if not direct.lean:
-            return False
-        if not otel_logger._is_enabled():  # noqa: SLF001 - the SDK's own check
-            return True
-        limits = otel_logger._log_record_limits  # noqa: SLF001
-        if len(attributes) > limits.max_log_record_attributes or limits.max_log_record_attribute_length is not None:
-            attributes = BoundedAttributes(maxlen=limits.max_log_record_attributes, attributes=attributes,
-                                           immutable=False, max_value_len=limits.max_log_record_attribute_length,
-                                           extended_attributes=True)
-        record = LogRecord(timestamp=timestamp, observed_timestamp=time_ns(), context=get_current(),
-                           severity_number=severity, severity_text=severity_text, body=body,
-                           attributes=attributes)
-        # As the batch processor does: keep the ids, not a reference to the (possibly large) context.
-        record.context = _EMPTY_CONTEXT
-        direct.emit_readable(ReadableLogRecord(log_record=record, resource=otel_logger.resource,
-                                               instrumentation_scope=otel_logger.instrumentation_scope,
-                                               limits=limits))
-        return True
-
-
-_PLAIN = frozenset((str, bool, int, float))
-_EXPORTING = threading.local()
+        self._logger(name if type(name) is str else str(name)).emit(
+            timestamp=_timestamp_ns(event.get("timestamp")),
+            severity_number=_SEVERITY.get(level, SeverityNumber.INFO), severity_text=level.upper(),
+            body=str(event.get("event", "")),
+            attributes={k: _otel_value(v) for k, v in event.items() if v is not None and k not in _NOT_ATTRIBUTES})
 
 
 def _logger_name_from_record(_logger, _name, event: dict) -> dict:
@@ -403,35 +310,26 @@ class Telemetry:
             return
         if self.exporters and not collector_reachable():
             for exporter in self.exporters:
-                try:
-                    exporter._inner.shutdown()
-                except Exception:  # noqa: BLE001
-                    pass
+                with contextlib.suppress(Exception):
+                    exporter.inner.shutdown()
         for provider in (self.tracer_provider, self.logger_provider):
             if provider is None:
                 continue
-            try:
+            with contextlib.suppress(Exception):     # shutdown must never raise
                 provider.force_flush(5000)
                 provider.shutdown()
-            except Exception:  # noqa: BLE001 - shutdown must never raise
-                pass
 
 
-def _json_fallback(obj: Any) -> Any:
-    """What structlog's JSONRenderer does with what JSON cannot hold: ``__structlog__()``, else repr."""
+def _dumps(obj: Any, default: Any = None, **_kw: Any) -> str:
+    """orjson as structlog's JSON serializer (structlog passes its ``__structlog__``/repr fallback
+    as ``default``); what orjson cannot hold (an integer beyond 64 bits) goes through ``json``."""
     try:
-        return obj.__structlog__()
-    except AttributeError:
-        return repr(obj)
+        return orjson.dumps(obj, default=default, option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:                   # orjson.JSONEncodeError is a TypeError
+        return json.dumps(obj, default=default)
 
 
-# One encoder for every line: json.dumps(..., default=...) builds a new JSONEncoder per call
-# (~1.7 µs of a ~4.7 µs render). Same settings as json.dumps, so the same text.
-_JSON = json.JSONEncoder(default=_json_fallback).encode
-
-
-def _render_json(_logger, _name, event: dict) -> str:
-    return _JSON(event)
+_render_json = structlog.processors.JSONRenderer(serializer=_dumps)
 
 
 def debug_log_path(service: str) -> Path:
@@ -457,7 +355,7 @@ class _DebugFile:
 
     def tee(self, renderer):
         def render(logger, name, event: dict) -> str:
-            self.write(_JSON(event))   # before the console renderer, which may take fields out
+            self.write(_render_json(logger, name, event))   # before the console renderer, which may take fields out
             return renderer(logger, name, event)
         return render
 
@@ -477,7 +375,6 @@ def configure_logging(service: str, *, debug: bool | None = None,
     """
     debug = debug_enabled() if debug is None else debug
     level = logging.DEBUG if debug else logging.INFO
-    stamper = _TimeStamper()
     shared: list = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -485,12 +382,12 @@ def configure_logging(service: str, *, debug: bool | None = None,
         scrub_processor,
         # ours from here on: not scrubbed (see above)
         _add_logger_name,
-        stamper,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
         _StaticFields({"service": service}),
         _add_trace_context,
     ]
     if logger_provider is not None:
-        shared.append(_ExportToOtel(logger_provider, stamper))
+        shared.append(_ExportToOtel(logger_provider))
     renderer = structlog.dev.ConsoleRenderer(colors=False) if debug else _render_json
     debug_file = None
     if debug:
@@ -571,11 +468,14 @@ def setup_telemetry(service: str, *, span_exporter: SpanExporter | None = None,
             tracer_provider.add_span_processor(SimpleSpanProcessor(span_exporter))
         else:
             span_out, log_out = _otlp_exporters()
-            owned = [_QuietSpanExporter(span_out), _QuietLogExporter(log_out)]
-            tracer_provider.add_span_processor(BatchSpanProcessor(owned[0]))
-            logger_provider = LoggerProvider(resource=resource)
-            logger_provider.add_log_record_processor(batch_log_processor(owned[1]))
-            set_logger_provider(logger_provider)
+            if not exporter_off("traces"):
+                owned.append(_QuietSpanExporter(span_out))
+                tracer_provider.add_span_processor(BatchSpanProcessor(owned[-1]))
+            if not exporter_off("logs"):
+                owned.append(_QuietLogExporter(log_out))
+                logger_provider = LoggerProvider(resource=resource)
+                logger_provider.add_log_record_processor(batch_log_processor(owned[-1]))
+                set_logger_provider(logger_provider)
         trace.set_tracer_provider(tracer_provider)
     debug = debug_enabled() if debug is None else debug
     debug_log = configure_logging(service, debug=debug, logger_provider=logger_provider)
@@ -595,7 +495,7 @@ def telemetry_installed() -> bool:
 
 
 def _installed_state_warn_once() -> None:
-    _REACHABILITY._down = True  # already said: the exporters' first failure stays quiet
+    _REACHABILITY.said_down()  # already said: the exporters' first failure stays quiet
     log.warning("collector unreachable at start-up; the service runs without exporting telemetry until it is up",
                 endpoint=otlp_endpoint())
 

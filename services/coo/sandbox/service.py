@@ -14,9 +14,10 @@ import time
 from nats.js.errors import InvalidKeyError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from opentelemetry import trace
+from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
 from opentelemetry.trace import Status, StatusCode
 
-from coo.common import kvscan, metrics, topology
+from coo.common import kvscan, metrics, spans, topology
 from coo.common.bus import Bus, Delivery, InvalidMessage, Retry
 from coo.common.service import ServiceContext, run
 from coo.common.telemetry import get_logger, trace_exemplar
@@ -155,7 +156,7 @@ class SandboxService:
             revision = await self.kv.create(key, running.SerializeToString())
         except Exception:  # another replica claimed it between our get and create  # noqa: BLE001
             raise Retry("run claimed by another replica", delay=2.0) from None
-        with tracer.start_as_current_span("execute sandbox", attributes={
+        with spans.execute_tool(tracer, spans.SANDBOX_TOOL, key, {   # execute_tool sandbox, GenAI v1.41
                 "coo.sandbox.run_id": key, "coo.sandbox.backend": self.backend.name,
                 "coo.sandbox.files": len(spec.files)}) as span:
             heartbeat = asyncio.create_task(_heartbeat(delivery))
@@ -175,7 +176,7 @@ class SandboxService:
                 error = outcome.error or f"the {outcome.backend} backend gave no reason"
                 outcome.error = error
                 log.warning("sandbox run could not run", error=error, **fields)
-                span.set_attribute("error.type", "sandbox_" + outcome.backend)
+                span.set_attribute(ERROR_TYPE, "sandbox_" + outcome.backend)
                 span.set_status(Status(StatusCode.ERROR, error))
             else:
                 log.info("sandbox run executed", **({"error": outcome.error} if outcome.error else {}), **fields)
