@@ -6,4 +6,4 @@ runs each module in a process of its own, so one benchmark's global set-up (a tr
 structlog's configuration) cannot colour another's.
 """
 
-BENCHMARKS = ("bus", "scrub", "telemetry", "missions", "inflight", "sandbox", "budget", "history")
+BENCHMARKS = ("bus", "scrub", "telemetry", "missions", "inflight", "sandbox", "budget", "history", "cluster")
