@@ -266,7 +266,7 @@ def _retry_delay(num_delivered: int) -> float:
 
 class Bus:
     def __init__(self, nc: NATS, service: str, settings: CommonSettings, *,
-                 tracer_provider: trace.TracerProvider | None = None) -> None:
+                 tracer_provider: trace.TracerProvider | None = None, closing: asyncio.Event | None = None) -> None:
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream()
         self.service = service
@@ -275,7 +275,7 @@ class Bus:
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._micro: list[nats.micro.Service] = []
-        self._closing = asyncio.Event()
+        self._closing = closing or asyncio.Event()   # set by close(): a disconnect then is expected
         self._requests: set[asyncio.Task] = set()
 
     # ------------------------------------------------------------------ connection
@@ -313,9 +313,7 @@ class Bus:
             allow_reconnect=True, error_cb=error_cb, disconnected_cb=disconnected_cb,
             reconnected_cb=reconnected_cb, closed_cb=closed_cb, **options,
         )
-        bus = cls(nc, service, settings, tracer_provider=tracer_provider)
-        bus._closing = closing
-        return bus
+        return cls(nc, service, settings, tracer_provider=tracer_provider, closing=closing)
 
     async def close(self) -> None:
         """Stop consumers and endpoints, let in-flight handlers finish, drain the connection."""
