@@ -21,7 +21,7 @@ from coo.budget import client
 from coo.budget.ledger import DAILY, MONTHLY, Effects, Ledger, Limit, ScopeState, day_key, month_key
 from coo.budget.pricing import Pricing, nusd_to_usd
 from coo.budget.settings import BudgetSettings
-from coo.common import metrics, timeline
+from coo.common import metrics, timeline, validate
 from coo.common.bus import Bus, InvalidMessage
 from coo.common.service import ServiceContext, run
 from coo.common.telemetry import get_logger
@@ -29,44 +29,26 @@ from coo.v1 import budget_pb2
 
 log = get_logger("coo.budget")
 
-MAX_ID = 256
 MAX_TOKENS = 100_000_000
 
 
-def _require_id(value: str, name: str) -> None:
-    if not value or not value.strip():
-        raise InvalidMessage(f"{name} is required")
-    if len(value) > MAX_ID:
-        raise InvalidMessage(f"{name} longer than {MAX_ID} characters")
-    if any(ord(c) < 32 for c in value):
-        raise InvalidMessage(f"{name} contains control characters")
-
-
-def _require_tokens(value: int, name: str) -> None:
-    if value < 0:
-        raise InvalidMessage(f"{name} must not be negative (got {value})")
-    if value > MAX_TOKENS:
-        raise InvalidMessage(f"{name} is implausibly large (got {value})")
-
-
 def validate_reserve(req: budget_pb2.ReserveRequest) -> None:
-    _require_id(req.reservation_id, "reservation_id")
-    _require_id(req.mission_id, "mission_id")
-    _require_tokens(req.input_tokens, "input_tokens")
-    _require_tokens(req.max_output_tokens, "max_output_tokens")
-    if req.ttl_seconds < 0:
-        raise InvalidMessage(f"ttl_seconds must not be negative (got {req.ttl_seconds})")
+    validate.check_id(req.reservation_id, "reservation_id")
+    validate.check_id(req.mission_id, "mission_id")
+    validate.check_count(req.input_tokens, "input_tokens", maximum=MAX_TOKENS)
+    validate.check_count(req.max_output_tokens, "max_output_tokens", maximum=MAX_TOKENS)
+    validate.check_count(req.ttl_seconds, "ttl_seconds")
 
 
 def validate_settle(req: budget_pb2.SettleRequest) -> None:
-    _require_id(req.reservation_id, "reservation_id")
-    _require_id(req.mission_id, "mission_id")
-    _require_tokens(req.input_tokens, "input_tokens")
-    _require_tokens(req.output_tokens, "output_tokens")
+    validate.check_id(req.reservation_id, "reservation_id")
+    validate.check_id(req.mission_id, "mission_id")
+    validate.check_count(req.input_tokens, "input_tokens", maximum=MAX_TOKENS)
+    validate.check_count(req.output_tokens, "output_tokens", maximum=MAX_TOKENS)
 
 
 def validate_release(req: budget_pb2.ReleaseRequest) -> None:
-    _require_id(req.reservation_id, "reservation_id")
+    validate.check_id(req.reservation_id, "reservation_id")
 
 
 def validate_set_limit(req: budget_pb2.SetLimitRequest) -> None:
@@ -74,16 +56,16 @@ def validate_set_limit(req: budget_pb2.SetLimitRequest) -> None:
                          budget_pb2.BUDGET_SCOPE_MONTHLY):
         raise InvalidMessage(f"scope must be MISSION, DAILY or MONTHLY (got {req.scope})")
     if req.scope == budget_pb2.BUDGET_SCOPE_MISSION:
-        _require_id(req.mission_id, "mission_id")
+        validate.check_id(req.mission_id, "mission_id")
     if req.HasField("limit_usd") and (not math.isfinite(req.limit_usd) or req.limit_usd < 0):
         raise InvalidMessage(f"limit_usd must be a finite number >= 0 (got {req.limit_usd})")
-    if req.HasField("limit_tokens") and req.limit_tokens < 0:
-        raise InvalidMessage(f"limit_tokens must not be negative (got {req.limit_tokens})")
+    if req.HasField("limit_tokens"):
+        validate.check_count(req.limit_tokens, "limit_tokens")
 
 
 def validate_status(req: budget_pb2.BudgetStatusRequest) -> None:
     if req.mission_id:
-        _require_id(req.mission_id, "mission_id")
+        validate.check_id(req.mission_id, "mission_id")
 
 
 class BudgetService:
@@ -95,7 +77,7 @@ class BudgetService:
         self._stop = asyncio.Event()
 
     @classmethod
-    async def start(cls, bus: Bus, settings: BudgetSettings, *, background: bool = True) -> "BudgetService":
+    async def start(cls, bus: Bus, settings: BudgetSettings, *, background: bool = True) -> BudgetService:
         ledger = await Ledger.open(bus.js, settings, Pricing.from_settings(settings))
         svc = cls(bus, settings, ledger)
         for scope in ("mission", "daily", "monthly"):
@@ -181,7 +163,7 @@ class BudgetService:
             try:
                 await asyncio.wait_for(self._stop.wait(), timeout=interval)
                 return
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             try:
                 await fn()
