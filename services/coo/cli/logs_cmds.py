@@ -64,6 +64,41 @@ def _follow(fetch: Callable[[], Iterable[dict]], key: Callable[[dict], object], 
         return  # Ctrl-C ends a follow cleanly (exit 0)
 
 
+def _service_logs(mission_id: str, *, follow: bool, interval: float, json_out: bool,
+                  finished: Callable[[], bool]) -> None:
+    """`coo logs --service-logs`: the mission's lines of the collector's audit log (followed, with --follow)."""
+    path = audit_log.audit_log_path()
+    q = audit_log.Query(mission_id=mission_id)
+
+    tail = audit_log.Tail(q, path)
+
+    def fetch() -> list[dict]:
+        return tail.poll()
+
+    def key(r: dict):
+        return (r.get("time"), r.get("service"), r.get("span_id"), r.get("body"),
+                json.dumps(r.get("attributes"), sort_keys=True, default=str))
+
+    show_one = _emit_line if json_out else (lambda r: console.print(audit_log.record_markup(r), soft_wrap=True))
+    if not follow:
+        records, files = audit_log.search(q)
+        if json_out:
+            emit_json({"mission_id": mission_id, "records": records, "count": len(records),
+                       "files": [str(f) for f in files]})
+            return
+        if not files:
+            raise CliError(f"no audit log at {path} (nor rotated copies)",
+                           "the collector writes it while the stack runs; COO_STATE_DIR or COO_AUDIT_LOG "
+                           "say where")
+        for r in records:
+            show_one(r)
+        if not records:
+            console.print(f"no service log lines of mission {mission_id} in {len(files)} audit file(s) "
+                          f"under {path.parent}")
+        return
+    _follow(fetch, key, show_one, finished, interval, grace=3.0)
+
+
 def logs(mission_id: str = typer.Argument(..., callback=_mission_id_arg, help="The mission id."),
          follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new entries until the mission "
                                      "ends (or Ctrl-C)."),
@@ -79,36 +114,7 @@ def logs(mission_id: str = typer.Argument(..., callback=_mission_id_arg, help="T
             return api.get(f"/v1/missions/{mission_id}")["status"] in FINAL
 
         if service_logs:
-            path = audit_log.audit_log_path()
-            q = audit_log.Query(mission_id=mission_id)
-
-            tail = audit_log.Tail(q, path)
-
-            def fetch() -> list[dict]:
-                return tail.poll()
-
-            def key(r: dict):
-                return (r.get("time"), r.get("service"), r.get("span_id"), r.get("body"),
-                        json.dumps(r.get("attributes"), sort_keys=True, default=str))
-
-            show_one = _emit_line if json_out else (lambda r: console.print(audit_log.record_markup(r), soft_wrap=True))
-            if not follow:
-                records, files = audit_log.search(q)
-                if json_out:
-                    emit_json({"mission_id": mission_id, "records": records, "count": len(records),
-                               "files": [str(f) for f in files]})
-                    return
-                if not files:
-                    raise CliError(f"no audit log at {path} (nor rotated copies)",
-                                   "the collector writes it while the stack runs; COO_STATE_DIR or COO_AUDIT_LOG "
-                                   "say where")
-                for r in records:
-                    show_one(r)
-                if not records:
-                    console.print(f"no service log lines of mission {mission_id} in {len(files)} audit file(s) "
-                                  f"under {path.parent}")
-                return
-            _follow(fetch, key, show_one, finished, interval, grace=3.0)
+            _service_logs(mission_id, follow=follow, interval=interval, json_out=json_out, finished=finished)
             return
 
         def fetch_events() -> list[dict]:

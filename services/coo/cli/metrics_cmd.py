@@ -125,7 +125,8 @@ def metrics(since: str = typer.Option("1h", "--since", callback=validate_since,
             data = _metrics_from_prometheus(prom, window_s)
             used = {"source": "prometheus", "url": prom.base_url}
         elif source == "prometheus":
-            raise CliError(f"Prometheus at {prom.base_url} is not ready", "start the stack (`coo up`) or use --source api")
+            raise CliError(f"Prometheus at {prom.base_url} is not ready",
+                           "start the stack (`coo up`) or use --source api")
         else:
             why_not = f"Prometheus at {prom.base_url} is not ready"
     if source == "api" or why_not:
@@ -139,14 +140,23 @@ def metrics(since: str = typer.Option("1h", "--since", callback=validate_since,
         emit_json(result)
         return
     if fmt == "csv":
-        rows: list[tuple[str, object]] = []
-        _flatten("", result, rows)
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(("metric", "value"))
-        w.writerows(rows)
-        typer.echo(buf.getvalue(), nl=False)
+        typer.echo(_csv(result), nl=False)
         return
+    _print_table(result, used, window_s)
+
+
+def _csv(result: dict) -> str:
+    """``metric,value`` rows, nested keys dotted."""
+    rows: list[tuple[str, object]] = []
+    _flatten("", result, rows)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(("metric", "value"))
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def _print_table(result: dict, used: dict, window_s: int) -> None:
     console.print(f"execution metrics since {result['since']} (the last {duration(window_s)})")
     table = Table()
     table.add_column("metric")
@@ -156,7 +166,8 @@ def metrics(since: str = typer.Option("1h", "--since", callback=validate_since,
     for st, n in sorted(result["by_status"].items()):
         table.add_row(f"  {st}", str(n))
     if result.get("missions_live") is not None:
-        table.add_row("missions live now" if used["source"] == "prometheus" else "missions live", str(result["missions_live"]))
+        table.add_row("missions live now" if used["source"] == "prometheus" else "missions live",
+                      str(result["missions_live"]))
     table.add_row("success rate", "—" if sr is None else f"{sr * 100:.1f}%")
     table.add_row("duration p50", duration(result["duration_seconds"]["p50"]))
     table.add_row("duration p95", duration(result["duration_seconds"]["p95"]))

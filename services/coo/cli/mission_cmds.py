@@ -222,28 +222,8 @@ def _budget_of(api: Api, m: dict) -> dict:
             "spent_tokens": m["tokens"]["input"] + m["tokens"]["output"], "reservations": None, "note": why}
 
 
-def mission(mission_id: str = typer.Argument(..., callback=_mission_id_arg, help="The mission id."),
-            events: int = typer.Option(10, "--events", min=0, max=1000, help="How many recent timeline events."),
-            json_out: bool = typer.Option(False, "--json", help="One JSON object on stdout.")) -> None:
-    """A mission's state: status and reason, each role's current step, budget, retries, tasks, recent events, trace."""
-    with Api() as api:
-        m = api.get(f"/v1/missions/{mission_id}")
-        tl = api.get(f"/v1/missions/{mission_id}/timeline")["events"]
-        budget = _budget_of(api, m)
-    recent = tl[-events:] if events else []
-    link = jaeger_url(m["trace_id"]) if m.get("trace_id") else None
-    ui = trace_ui_url(m.get("trace_id"))
-    if json_out:
-        view = {k: v for k, v in m.items() if k not in ("artifacts",)}
-        view["artifacts"] = [a["name"] for a in m.get("artifacts", [])]
-        emit_json({"mission": view, "step": step_of(m), "roles": roles_of(m), "budget": budget,
-                   "timeline": recent, "timeline_total": len(tl), "trace_id": m.get("trace_id"), "jaeger_url": link,
-                   "trace_ui_url": ui})
-        return
-    head = f"mission [bold]{m['mission_id']}[/bold]: {status_markup(m['status'])}"
-    if m.get("status_reason"):
-        head += f" — {escape(m['status_reason'])}"
-    console.print(head)
+def _info_grid(m: dict, budget: dict, link: str | None, ui: str | None) -> Table:
+    """A mission's facts: goal, step, budget, usage, workspace, trace."""
     info = Table.grid(padding=(0, 2))
     info.add_column(style="bold")
     info.add_column()
@@ -271,22 +251,55 @@ def mission(mission_id: str = typer.Argument(..., callback=_mission_id_arg, help
     info.add_row("trace", f"{m.get('trace_id') or '—'}  {link or ''}")
     if ui:
         info.add_row("trace UI", f"{ui}  [dim](or search: {trace_ui_search_hint(m['mission_id'])})[/dim]")
-    console.print(info)
+    return info
+
+
+def _roles_table(m: dict) -> Table:
     roles = Table(title="roles", title_justify="left", show_header=False, box=None, padding=(0, 2))
     roles.add_column(style="bold")
     roles.add_column()
     for role, what in roles_of(m).items():
         roles.add_row(role, escape(what))
-    console.print(roles)
+    return roles
+
+
+def _tasks_table(task_list: list[dict]) -> Table:
+    tasks = Table(title="tasks", title_justify="left")
+    for col in ("#", "title", "status", "attempts", "score", "last feedback"):
+        tasks.add_column(col)
+    for i, t in enumerate(task_list, 1):
+        tasks.add_row(str(i), escape(t["title"]), t["status"], str(t["attempts"]),
+                      f"{t['last_score']:.2f}" if t.get("last_feedback") else "—",
+                      escape(truncate(t.get("last_feedback"), 70)))
+    return tasks
+
+
+def mission(mission_id: str = typer.Argument(..., callback=_mission_id_arg, help="The mission id."),
+            events: int = typer.Option(10, "--events", min=0, max=1000, help="How many recent timeline events."),
+            json_out: bool = typer.Option(False, "--json", help="One JSON object on stdout.")) -> None:
+    """A mission's state: status and reason, each role's current step, budget, retries, tasks, recent events, trace."""
+    with Api() as api:
+        m = api.get(f"/v1/missions/{mission_id}")
+        tl = api.get(f"/v1/missions/{mission_id}/timeline")["events"]
+        budget = _budget_of(api, m)
+    recent = tl[-events:] if events else []
+    link = jaeger_url(m["trace_id"]) if m.get("trace_id") else None
+    ui = trace_ui_url(m.get("trace_id"))
+    if json_out:
+        view = {k: v for k, v in m.items() if k not in ("artifacts",)}
+        view["artifacts"] = [a["name"] for a in m.get("artifacts", [])]
+        emit_json({"mission": view, "step": step_of(m), "roles": roles_of(m), "budget": budget,
+                   "timeline": recent, "timeline_total": len(tl), "trace_id": m.get("trace_id"), "jaeger_url": link,
+                   "trace_ui_url": ui})
+        return
+    head = f"mission [bold]{m['mission_id']}[/bold]: {status_markup(m['status'])}"
+    if m.get("status_reason"):
+        head += f" — {escape(m['status_reason'])}"
+    console.print(head)
+    console.print(_info_grid(m, budget, link, ui))
+    console.print(_roles_table(m))
     if m.get("tasks"):
-        tasks = Table(title="tasks", title_justify="left")
-        for col in ("#", "title", "status", "attempts", "score", "last feedback"):
-            tasks.add_column(col)
-        for i, t in enumerate(m["tasks"], 1):
-            tasks.add_row(str(i), escape(t["title"]), t["status"], str(t["attempts"]),
-                          f"{t['last_score']:.2f}" if t.get("last_feedback") else "—",
-                          escape(truncate(t.get("last_feedback"), 70)))
-        console.print(tasks)
+        console.print(_tasks_table(m["tasks"]))
     if recent:
         console.print(event_table(recent, title=f"last {len(recent)} of {len(tl)} timeline events"))
 
