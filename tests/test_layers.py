@@ -19,5 +19,5 @@ def test_import_contracts_hold():
     assert lint_imports.exists(), f"{lint_imports} is missing: install the dev dependencies (make setup)"
     res = subprocess.run([str(lint_imports), "--no-cache"], check=False, cwd=REPO, capture_output=True, text=True,
                          timeout=120)
-    assert res.returncode == 0, f"import contracts broken (pyproject.toml [tool.importlinter]):\n{res.stdout}{res.stderr}"
+    assert res.returncode == 0, f"import contracts broken (pyproject.toml):\n{res.stdout}{res.stderr}"
     assert "0 broken" in res.stdout, res.stdout

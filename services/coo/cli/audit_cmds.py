@@ -34,8 +34,8 @@ def audit_search(mission: str | None = typer.Option(None, "--mission", help="Onl
                  limit: int = typer.Option(200, "--limit", min=1, max=100_000, help="The newest N matches."),
                  json_out: bool = typer.Option(False, "--json", help="One JSON object on stdout.")) -> None:
     """Search the audit log files (the current one and its rotated copies, gzipped or not)."""
-    q = audit_log.Query(mission_id=mission, event=event, since=since_option(since), grep=re.compile(grep, re.IGNORECASE) if grep else None,
-                            limit=limit)
+    q = audit_log.Query(mission_id=mission, event=event, since=since_option(since),
+                        grep=re.compile(grep, re.IGNORECASE) if grep else None, limit=limit)
     path = audit_log.audit_log_path()
     records, files = audit_log.search(q)
     if json_out:

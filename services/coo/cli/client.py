@@ -77,7 +77,8 @@ class Api:
             raise CliError(f"the orchestrator at {self.base_url} is not reachable",
                            "start the stack with `make up` (or `coo up`), or set COO_API_URL") from None
         except httpx.TimeoutException:
-            raise CliError(f"the orchestrator at {self.base_url} did not answer in time", "check `coo status`") from None
+            raise CliError(f"the orchestrator at {self.base_url} did not answer in time",
+                           "check `coo status`") from None
         except httpx.TransportError as exc:
             raise CliError(f"the orchestrator at {self.base_url} failed: {type(exc).__name__} {exc}".strip(),
                            "check `coo status` and COO_API_URL") from None

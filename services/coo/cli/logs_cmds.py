@@ -105,7 +105,8 @@ def logs(mission_id: str = typer.Argument(..., callback=_mission_id_arg, help="T
          service_logs: bool = typer.Option(False, "--service-logs", help="The services' (redacted) log lines of the "
                                            "mission from the collector's audit log, instead of the timeline."),
          interval: float = typer.Option(1.0, "--interval", min=0.1, help="Seconds between polls with --follow."),
-         json_out: bool = typer.Option(False, "--json", help="JSON on stdout (with --follow: one object a line).")) -> None:
+         json_out: bool = typer.Option(False, "--json",
+                                       help="JSON on stdout (with --follow: one object a line).")) -> None:
     """A mission's timeline in order (or, with --service-logs, its service log lines)."""
     with Api() as api:
         m = api.get(f"/v1/missions/{mission_id}")  # a clear 404 for an unknown id, whatever the source
@@ -222,7 +223,8 @@ def trace(ref: str = typer.Argument(..., metavar="ID", help="A mission id, or a 
     spans = span_views(data)
     if json_out:
         emit_json({"trace_id": trace_id, "mission_id": mission_id, "jaeger_url": jaeger_url(trace_id),
-                   "trace_ui_url": trace_ui_url(trace_id), "span_count": len(spans), "services": sorted({s["service"] for s in spans}),
+                   "trace_ui_url": trace_ui_url(trace_id), "span_count": len(spans),
+                   "services": sorted({s["service"] for s in spans}),
                    "errors": sum(1 for s in spans if s["error"]), "spans": spans})
         return
     console.print(span_tree(trace_id, spans))

@@ -148,15 +148,17 @@ def missions(status: str | None = typer.Option(None, "--status", callback=_statu
         emit_json({"missions": rows, "count": len(rows), "total": total, "next_cursor": cursor})
         return
     if not rows:
-        console.print("no missions" + (f" with status {status}" if status else "") + (f" since {since}" if since else ""))
+        console.print("no missions" + (f" with status {status}" if status else "")
+                      + (f" since {since}" if since else ""))
         return
     table = Table(title=f"missions ({len(rows)} of {total})", title_justify="left")
     for col, kw in (("mission", {"no_wrap": True}), ("status", {}), ("created", {}), ("duration", {"justify": "right"}),
                     ("cost", {"justify": "right"}), ("retries", {"justify": "right"}), ("goal", {})):
         table.add_column(col, **kw)
     for m in rows:
-        table.add_row(m["mission_id"], status_markup(m["status"]), ago(m["created_at"]), duration(m["duration_seconds"]),
-                      usd(m["cost_usd"]), str(m["retries"]), escape(truncate(m["goal"], 60)))
+        table.add_row(m["mission_id"], status_markup(m["status"]), ago(m["created_at"]),
+                      duration(m["duration_seconds"]), usd(m["cost_usd"]), str(m["retries"]),
+                      escape(truncate(m["goal"], 60)))
     console.print(table)
     if cursor:
         console.print(f"more: coo missions --cursor {cursor}" + (f" --status {status}" if status else "")
@@ -245,7 +247,8 @@ def _info_grid(m: dict, budget: dict, link: str | None, ui: str | None) -> Table
     info.add_row("retries", f"{m['retries']} (max {m['max_retries']} per task)")
     ws = m.get("workspace") or {}
     if ws.get("files"):
-        info.add_row("workspace", f"{ws['files']} file(s), {ws['bytes']} bytes  [dim](coo artifacts {m['mission_id']})[/dim]")
+        info.add_row("workspace", f"{ws['files']} file(s), {ws['bytes']} bytes  "
+                                  f"[dim](coo artifacts {m['mission_id']})[/dim]")
     if m.get("cost_estimated"):
         info.add_row("cost", "[yellow]estimated[/yellow]: the LLM endpoint reported no usage for some calls")
     info.add_row("trace", f"{m.get('trace_id') or '—'}  {link or ''}")
@@ -331,7 +334,8 @@ HELP = {"pause": "Hard-pause a live mission: it processes only control messages 
 def _control_command(action: str):
     def command(mission_id: str = typer.Argument(..., callback=_mission_id_arg, help="The mission id."),
                 reason: str = typer.Option("", "--reason", help="Why (kept on the mission's timeline)."),
-                wait: bool = typer.Option(False, "--wait", help="Wait (up to --timeout) until the mission reflects it."),
+                wait: bool = typer.Option(False, "--wait",
+                                          help="Wait (up to --timeout) until the mission reflects it."),
                 timeout: float = typer.Option(15.0, "--timeout", min=0.1, help="Seconds to wait with --wait."),
                 json_out: bool = typer.Option(False, "--json", help="One JSON object on stdout.")) -> None:
         if len(reason) > 500:

@@ -55,7 +55,8 @@ def up(build: bool = typer.Option(True, help="Build the collector, Jaeger and th
         if script.exists():
             res = subprocess.run(["bash", str(script), "all"], check=False)
             if res.returncode != 0:
-                raise CliError("building the collector, Jaeger or the trace UI failed", "see the output above; re-run `make up`")
+                raise CliError("building the collector, Jaeger or the trace UI failed",
+                               "see the output above; re-run `make up`")
     parts = components(s)
     supervisor.start(s, parts)
     deadline = time.monotonic() + timeout

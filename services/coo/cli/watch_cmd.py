@@ -56,7 +56,8 @@ def snapshot(api: Api, prom: Prometheus) -> dict:
                        prom.query("sum by (status) (rate(coo_missions_total[5m]))")}
             snap["rates"] = {
                 "source": "prometheus",
-                "missions_started_per_min": round((prom.scalar("sum(rate(coo_missions_started_total[5m]))") or 0) * 60, 3),
+                "missions_started_per_min":
+                    round((prom.scalar("sum(rate(coo_missions_started_total[5m]))") or 0) * 60, 3),
                 "missions_finished_per_min": {k: v for k, v in per_min.items() if v},
                 "llm_cost_usd_per_hour": round((prom.scalar("sum(rate(coo_llm_cost_usd_total[5m]))") or 0) * 3600, 4),
                 "llm_tokens_per_s": round(prom.scalar("sum(rate(coo_llm_tokens_total[5m]))") or 0, 2),
