@@ -219,3 +219,24 @@ def test_scrubbers_memory_is_per_pii_setting_and_bounded(monkeypatch):
     for i in range(50):
         structlog_processor(None, "info", {"event": f"line {i}"})
     assert all(len(memory) <= 10 for memory in scrub_mod._CLEAN)
+
+
+@pytest.mark.parametrize(("protocol", "package"), [("grpc", "grpc"), ("http/protobuf", "http")])
+def test_the_otlp_exporters_are_found_by_their_entry_points(monkeypatch, protocol, package):
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
+    spans_out, logs_out = telemetry._otlp_exporters()
+    try:
+        assert type(spans_out).__name__ == "OTLPSpanExporter" and type(logs_out).__name__ == "OTLPLogExporter"
+        assert all(f"otlp.proto.{package}" in type(e).__module__ for e in (spans_out, logs_out))
+    finally:
+        spans_out.shutdown()
+        logs_out.shutdown()
+
+
+def test_a_signal_is_switched_off_by_its_standard_variable(monkeypatch):
+    monkeypatch.delenv("OTEL_LOGS_EXPORTER", raising=False)
+    assert not telemetry.exporter_off("logs")
+    for value, off in (("none", True), (" NONE ", True), ("otlp", False)):
+        monkeypatch.setenv("OTEL_LOGS_EXPORTER", value)
+        monkeypatch.setenv("OTEL_TRACES_EXPORTER", value)
+        assert telemetry.exporter_off("logs") is off and telemetry.exporter_off("traces") is off
