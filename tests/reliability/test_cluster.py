@@ -23,6 +23,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import pytest
 
 from coo.common import topology
 from coo.common.natsserver import NatsCluster, NatsServer
@@ -160,11 +161,14 @@ def _check_round(name: str, stack: ServiceStack, cluster: NatsCluster, ids: list
     return problems
 
 
+@pytest.mark.timeout(900)
 def test_missions_survive_losing_a_nats_node(tmp_path, figures):
     rng = random.Random(SEED)
     cluster = NatsCluster(tmp_path / "nats", size=3)
     stack = helpers.make_stack(tmp_path, cluster.nodes[0], cluster=cluster, env={
         "COO_MAX_LIVE_MISSIONS": "1000",
+        # a reservation whose reply was lost with a node (the agent retries with a new one) expires soon
+        "COO_AGENT_RESERVATION_TTL_SECONDS": "30",
         "COO_BUDGET_SWEEP_INTERVAL_SECONDS": "1",
     })
     watcher = ProgressWatcher(stack)

@@ -386,12 +386,14 @@ class Engine:
         if r.role not in (common_pb2.ROLE_COO, common_pb2.ROLE_ENGINEER, common_pb2.ROLE_QA):
             raise InvalidMessage(f"agent result with unknown role {r.role}")
         # coo_task_duration_seconds is the agent's (role, outcome): observed there once per task
-        await self._apply(r.mission_id, lambda m: flow.on_agent_result(m, r, self.policy))
+        await self._apply(r.mission_id, lambda m: flow.on_agent_result(m, r, self.policy),
+                          redelivered=delivery.num_delivered > 1)
 
     async def _on_sandbox_result(self, r: sandbox_pb2.SandboxResult, delivery: Delivery) -> None:
         if not r.mission_id or not r.run_id:
             raise InvalidMessage("sandbox result without mission_id or run_id")
-        await self._apply(r.mission_id, lambda m: flow.on_sandbox_result(m, r, self.policy))
+        await self._apply(r.mission_id, lambda m: flow.on_sandbox_result(m, r, self.policy),
+                          redelivered=delivery.num_delivered > 1)
 
     async def _on_control(self, c: control_pb2.Control, delivery: Delivery) -> None:
         if not c.mission_id:
@@ -420,14 +422,25 @@ class Engine:
                 await self._apply(c.mission_id, lambda mm: flow.on_sandbox_result(mm, s, self.policy))
 
     # -------------------------------------------------------------- the CAS loop
-    async def _apply(self, mission_id: str, fn: Callable[[mission_pb2.Mission], flow.Step | None]
-                     ) -> mission_pb2.Mission | None:
+    async def _apply(self, mission_id: str, fn: Callable[[mission_pb2.Mission], flow.Step | None],
+                     *, redelivered: bool = False) -> mission_pb2.Mission | None:
+        """Compare-and-set ``fn``'s change of the mission, then its effects (timeline, dispatch).
+
+        ``redelivered``: this message was handled before and not acknowledged. If that earlier try
+        stored the change but failed at dispatching the next work item (a stream without a leader
+        for a moment: a NATS node lost), the change is not applied twice (``fn`` finds it done) but
+        the work item is published again; its message id (the awaited id) makes that a no-op in
+        the stream's duplicate window when the first publish did land."""
+        seen: list[mission_pb2.Mission] = []
+
         async def attempt() -> tuple[mission_pb2.Mission, flow.Step] | None:
             try:
                 entry = await self.store.get(mission_id)
             except (KeyNotFoundError, InvalidKeyError):
                 raise InvalidMessage(f"unknown mission {mission_id[:80]!r}") from None
             m = mission_pb2.Mission.FromString(entry.value or b"")
+            if redelivered:
+                seen[:] = [mission_pb2.Mission.FromString(entry.value or b"")]
             step = fn(m)
             if step is None:
                 return None
@@ -441,6 +454,8 @@ class Engine:
         except KeyWrongLastSequenceError as exc:
             raise RuntimeError(f"mission {mission_id}: too many concurrent updates") from exc
         if done is None:
+            if redelivered and seen:
+                await self._dispatch_again(seen[0])
             return None
         m, step = done
         with self._mission_context(m):
@@ -477,6 +492,13 @@ class Engine:
                 metrics.QA_OVERRULED.labels(ev.attributes.get("model", "unknown")).inc()
                 log.warning("QA approved a run without evidence of success; overruled", mission_id=m.mission_id,
                             task_id=ev.attributes.get("task_id"), reason=ev.attributes.get("reason"))
+
+    async def _dispatch_again(self, m: mission_pb2.Mission) -> None:
+        """The work a live mission awaits, published again (deduplicated by its id)."""
+        if m.status in flow.LIVE and m.status != S.MISSION_STATUS_PAUSED and m.awaiting:
+            with self._mission_context(m):
+                await self._dispatch(m)
+            log.info("dispatched again after a redelivered result", mission_id=m.mission_id, awaiting=m.awaiting)
 
     async def _dispatch(self, m: mission_pb2.Mission) -> None:
         work = flow.next_work(m, self.sandbox)
