@@ -1,46 +1,14 @@
-"""The budget ledger: JetStream KV (bucket ``coo_budget``) with compare-and-set only.
+"""The budget ledger: the reservation protocol over the KV store, one method per request.
 
-Several replicas share the bucket and never hold a lock: every write names the revision it
-read (``Nats-Expected-Last-Subject-Sequence``; revision 0 = "must not exist") and a write
-that lost a race is re-read, recomputed and retried with jitter
-(``coo_budget_cas_conflicts_total``). A limit is checked inside the same compare-and-set that
-adds the amount, so no interleaving of replicas can pass it.
+The parts: :mod:`coo.budget.model` (keys, values, limits and transitions; no I/O),
+:mod:`coo.budget.store` (compare-and-set writes, per-message TTL, reads, the group committer),
+:mod:`coo.budget.replies` (protobuf replies). :class:`Ledger` takes a request, drives the model's
+steps through the store, and answers with a reply and the :class:`Effects` (timeline events,
+gauges, span attributes) the service applies.
 
-Inside one replica the scope ledgers are written by group commit (:meth:`Ledger._cas`): the
-steps waiting for one key are applied in order to one state and written in one
-compare-and-set, so requests of one replica never race each other (conflicts only happen
-between replicas), and the committer writes on the state it wrote last without reading it back
-(a stale one loses its compare-and-set; a decision to write nothing is re-checked on a fresh read).
-
-Keys and values (JSON, amounts in integer nano-dollars "nusd" so sums are exact)
-------------------------------------------------------------------------------------
-``mission.<mission_id>``  a scope ledger (ids outside ``[A-Za-z0-9_-]`` are written
-``=<base64url>``); per-message TTL ``budget_mission_retention_seconds``, renewed by each write
-``day.<YYYY-MM-DD>``, ``month.<YYYY-MM>`` (UTC) scope ledgers::
-
-    {"v": 1, "scope": "mission|daily|monthly", "key": "<id|date|month>",
-     "spent_nusd": 0, "spent_tokens": 0,
-     "open":   {"<reservation_id>": [nusd, tokens]},   # outstanding reservations
-     "closed": {"<reservation_id>": ["s"|"r", epoch]}, # settled/released here lately
-     "limit_nusd": null, "limit_tokens": null,         # mission: explicit limit (null: default)
-     "warned": false, "updated_at": epoch}
-
-    reserved = sum(open); remaining = limit - spent - reserved. ``closed`` entries are pruned
-    after ``budget_marker_seconds``: they make each per-scope step idempotent (a retried or
-    racing step finds its own mark and does nothing), which is what makes recovery exact.
-    A reservation closed from ``reserved`` (``complete`` in its record) needs none: it is in
-    ``open`` of every scope and nothing but its own closing steps touch it there, so "if it is
-    in ``open``: drop it (and charge)" is idempotent by itself. Markers are written for the
-    rest: rollbacks, closing a ``pending`` one (its reserve may still be running), late and
-    unreserved settlements.
-
-``limits.daily``, ``limits.monthly``  overrides set by SetLimit (apply to the current and
-future periods)::  {"limit_nusd": int|null, "limit_tokens": int|null, "requested_by": str}
-
-``res.<reservation_id>``  an unfinished reservation (a :class:`Record`; ``state`` pending,
-reserved, settling or releasing, with amounts, the three scope keys, ``expires_at``).
-``done.<reservation_id>``  the finished record (``state`` settled or released), kept
-``budget_record_retention_seconds`` by a per-message TTL: it answers retried requests.
+No replica holds a lock: a limit is checked inside the same compare-and-set that adds the
+amount, so no interleaving of replicas can pass it; a write that lost a race is re-read,
+recomputed and retried (:mod:`coo.common.retry`; ``coo_budget_cas_conflicts_total``).
 
 Algorithm
 ---------
@@ -71,300 +39,93 @@ late use  a settle after the reservation was released or expired (or never exist
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
-import random
-import re
 import time
-from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
-from datetime import datetime, timezone
 from typing import Any
 
-import nats.errors
-import nats.js.errors
-from google.protobuf.timestamp_pb2 import Timestamp
-from nats.js import JetStreamContext, api
+from nats.js import JetStreamContext
 
+from coo.budget import replies
+from coo.budget.model import (
+    DAILY,
+    FINAL,
+    LIMITS_KEY,
+    MISSION,
+    MONTHLY,
+    PENDING,
+    RELEASED,
+    RELEASING,
+    RESERVED,
+    SETTLED,
+    SETTLING,
+    Effects,
+    Event,
+    Limit,
+    Record,
+    ScopeState,
+    Step,
+    StepResult,
+    begin_release,
+    begin_settle,
+    day_key,
+    done_key,
+    expiry_deadline,
+    limit_fn,
+    mark_settled,
+    mission_key,
+    mission_limit_step,
+    month_key,
+    new_reservation,
+    over_limit_event,
+    override,
+    refusal_event,
+    refusal_reason,
+    release_step,
+    res_key,
+    reserve_stages,
+    reserve_step,
+    safe_id,
+    scope_of,
+    set_override,
+    settle_reason,
+    settle_step,
+    summary,
+    unreserved_settlement,
+    unsafe_id,
+    warning_event,
+)
 from coo.budget.pricing import Pricing, nusd_to_usd, usd_to_nusd
 from coo.budget.settings import BudgetSettings
-from coo.common import kvscan, metrics, topology
+from coo.budget.store import KEYS_MAX, Conflict, LedgerBusy, LedgerStore, SharedRead
+from coo.common import metrics, topology
+from coo.common.retry import Policy
 from coo.common.telemetry import get_logger
 from coo.v1 import budget_pb2
 
+__all__ = [
+    "DAILY", "FINAL", "MISSION", "MONTHLY", "PENDING", "RELEASED", "RELEASING", "RESERVED", "SETTLED", "SETTLING",
+    "Conflict", "Effects", "Event", "Ledger", "LedgerBusy", "Limit", "Record", "ScopeState", "StepResult",
+    "day_key", "done_key", "mission_key", "month_key", "res_key", "safe_id", "scope_of", "unsafe_id",
+]
+
 log = get_logger("coo.budget.ledger")
 
-PENDING, RESERVED, SETTLING, SETTLED, RELEASING, RELEASED = (
-    "pending", "reserved", "settling", "settled", "releasing", "released")
-FINAL = frozenset({SETTLED, RELEASED})
+#: scope keys whose last written state a replica remembers (read when a ledger is made)
+_KEYS_MAX = KEYS_MAX
+
+# A reservation record that changed under us is read again at once: the new state decides
+# (answer from it, finish it, or write on it), so waiting would only add latency.
+_CREATE_RETRY = Policy("budget reservation create", retry_on=Conflict, attempts=5, initial=0.0, level="debug",
+                       logger=log)
+_RECORD_RETRY = Policy("budget reservation update", retry_on=Conflict, attempts=10, initial=0.0, level="debug",
+                       logger=log)
+_FINALIZE_RETRY = Policy("budget reservation finalize", retry_on=Conflict, attempts=20, initial=0.0,
+                         level="debug", logger=log)
+# SetLimit of the day or month: concurrent SetLimits take turns (jittered, 10 ms growing to 50 ms).
+_LIMITS_RETRY = Policy("budget limit update", retry_on=Conflict, attempts=50, initial=0.01, maximum=0.05,
+                       level="debug", logger=log)
 
-MISSION, DAILY, MONTHLY = "mission", "daily", "monthly"
-SCOPE_ENUM = {MISSION: budget_pb2.BUDGET_SCOPE_MISSION, DAILY: budget_pb2.BUDGET_SCOPE_DAILY,
-              MONTHLY: budget_pb2.BUDGET_SCOPE_MONTHLY}
-SCOPE_NAME = {v: k for k, v in SCOPE_ENUM.items()}
-_PREFIX_SCOPE = {"mission": MISSION, "day": DAILY, "month": MONTHLY}
 
-LIMITS_KEY = {DAILY: "limits.daily", MONTHLY: "limits.monthly"}
-
-_SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,200}")
-_ERR_WRONG_LAST = (10071, 10164)
-_ERR_TTL_DISABLED = 10166
-
-
-class Conflict(Exception):
-    """A compare-and-set lost a race."""
-
-
-class LedgerBusy(Exception):
-    """A key stayed contended past ``budget_cas_deadline_seconds``."""
-
-
-def safe_id(value: str) -> str:
-    """A key token for an id: the id itself when it is plain, else ``=`` + base64url."""
-    if _SAFE_ID.fullmatch(value):
-        return value
-    return "=" + base64.urlsafe_b64encode(value.encode()).decode().rstrip("=")
-
-
-def unsafe_id(token: str) -> str:
-    """The id a key token stands for (inverse of :func:`safe_id`)."""
-    if not token.startswith("="):
-        return token
-    data = token[1:]
-    return base64.urlsafe_b64decode(data + "=" * (-len(data) % 4)).decode()
-
-
-def mission_key(mission_id: str) -> str:
-    return f"mission.{safe_id(mission_id)}"
-
-
-def day_key(at: float) -> str:
-    return "day." + datetime.fromtimestamp(at, timezone.utc).strftime("%Y-%m-%d")
-
-
-def month_key(at: float) -> str:
-    return "month." + datetime.fromtimestamp(at, timezone.utc).strftime("%Y-%m")
-
-
-def res_key(reservation_id: str) -> str:
-    return f"res.{safe_id(reservation_id)}"
-
-
-def done_key(reservation_id: str) -> str:
-    return f"done.{safe_id(reservation_id)}"
-
-
-def scope_of(key: str) -> str:
-    return _PREFIX_SCOPE[key.split(".", 1)[0]]
-
-
-def timestamp(at: float) -> Timestamp:
-    ts = Timestamp()
-    ts.FromNanoseconds(int(at * 1e9))
-    return ts
-
-
-# ----------------------------------------------------------------------------- values
-@dataclass(frozen=True)
-class Limit:
-    nusd: int = 0     # 0: no limit
-    tokens: int = 0   # 0: no limit
-
-
-@dataclass
-class ScopeState:
-    scope: str
-    key: str
-    spent_nusd: int = 0
-    spent_tokens: int = 0
-    open: dict[str, list[int]] = field(default_factory=dict)
-    closed: dict[str, list] = field(default_factory=dict)
-    limit_nusd: int | None = None
-    limit_tokens: int | None = None
-    warned: bool = False
-    updated_at: float = 0.0
-
-    @classmethod
-    def new(cls, kv_key: str) -> "ScopeState":
-        return cls(scope=scope_of(kv_key), key=unsafe_id(kv_key.split(".", 1)[1]))
-
-    @classmethod
-    def decode(cls, kv_key: str, data: bytes | None) -> "ScopeState":
-        if not data:
-            return cls.new(kv_key)
-        raw = json.loads(data)
-        return cls(scope=raw["scope"], key=raw["key"], spent_nusd=raw.get("spent_nusd", 0),
-                   spent_tokens=raw.get("spent_tokens", 0), open=raw.get("open", {}),
-                   closed=raw.get("closed", {}), limit_nusd=raw.get("limit_nusd"),
-                   limit_tokens=raw.get("limit_tokens"), warned=raw.get("warned", False),
-                   updated_at=raw.get("updated_at", 0.0))
-
-    def encode(self) -> bytes:
-        # not dataclasses.asdict: it deep-copies ``open`` and ``closed`` first
-        return json.dumps({"v": 1, "scope": self.scope, "key": self.key, "spent_nusd": self.spent_nusd,
-                           "spent_tokens": self.spent_tokens, "open": self.open, "closed": self.closed,
-                           "limit_nusd": self.limit_nusd, "limit_tokens": self.limit_tokens,
-                           "warned": self.warned, "updated_at": self.updated_at},
-                          separators=(",", ":")).encode()
-
-    def snapshot(self) -> "ScopeState":
-        """A copy for a step's result (``closed`` left out): later steps of the same group
-        commit go on changing the live state."""
-        return ScopeState(scope=self.scope, key=self.key, spent_nusd=self.spent_nusd,
-                          spent_tokens=self.spent_tokens, open=dict(self.open), closed={},
-                          limit_nusd=self.limit_nusd, limit_tokens=self.limit_tokens, warned=self.warned,
-                          updated_at=self.updated_at)
-
-    @property
-    def reservations(self) -> int:
-        return len(self.open)
-
-    @property
-    def reserved_nusd(self) -> int:
-        return sum(v[0] for v in self.open.values())
-
-    @property
-    def reserved_tokens(self) -> int:
-        return sum(v[1] for v in self.open.values())
-
-    def committed(self) -> tuple[int, int]:
-        return self.spent_nusd + self.reserved_nusd, self.spent_tokens + self.reserved_tokens
-
-    def prune(self, now: float, horizon: float) -> None:
-        self.closed = {k: v for k, v in self.closed.items() if v[1] >= now - horizon}
-
-
-def remaining(state: ScopeState, limit: Limit) -> tuple[int | None, int | None]:
-    """limit - spent - reserved per unit (may be negative), None where there is no limit."""
-    usd, tokens = state.committed()
-    return (limit.nusd - usd if limit.nusd else None, limit.tokens - tokens if limit.tokens else None)
-
-
-def over_limit(state: ScopeState, limit: Limit) -> bool:
-    usd, tokens = state.committed()
-    return bool((limit.nusd and usd > limit.nusd) or (limit.tokens and tokens > limit.tokens))
-
-
-def past_warning(state: ScopeState, limit: Limit, ratio: float) -> bool:
-    usd, tokens = state.committed()
-    return bool((limit.nusd and usd >= ratio * limit.nusd) or (limit.tokens and tokens >= ratio * limit.tokens))
-
-
-@dataclass
-class Record:
-    """One reservation (``res.<id>`` while unfinished, ``done.<id>`` after)."""
-
-    id: str
-    mission_id: str
-    state: str
-    model: str = ""
-    task_id: str = ""
-    role: str = ""
-    reserved_nusd: int = 0
-    reserved_tokens: int = 0
-    scopes: list[str] = field(default_factory=list)
-    created_at: float = 0.0
-    expires_at: float = 0.0
-    updated_at: float = 0.0
-    # filled by settle
-    cost_nusd: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    settle_model: str = ""
-    late: bool = False          # settled after the reservation was released/expired
-    unreserved: bool = False    # settled without any reservation on record
-    over_limit: bool = False
-    over_scope: str = ""
-    # filled by reserve (and refreshed by settle) for idempotent replies
-    warning: bool = False
-    remaining_nusd: int | None = None
-    remaining_tokens: int | None = None
-    # filled by release
-    reason: str = ""
-    released_nusd: int = 0
-    # closed from RESERVED (every scope holds it, its reserve is over): scope steps need no
-    # ``closed`` marker (see Ledger._release_step). Absent in older records: markers.
-    complete: bool = False
-
-    @classmethod
-    def decode(cls, data: bytes) -> "Record":
-        raw = json.loads(data)
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in raw.items() if k in names})
-
-    def encode(self) -> bytes:
-        return json.dumps({"v": 1, **{name: getattr(self, name) for name in _RECORD_FIELDS}},
-                          separators=(",", ":")).encode()
-
-    @property
-    def settle_tokens(self) -> int:
-        return self.input_tokens + self.output_tokens
-
-
-_RECORD_FIELDS = tuple(f.name for f in fields(Record))
-
-
-# ---------------------------------------------------------------------------- effects
-@dataclass
-class Event:
-    mission_id: str
-    type: str
-    message: str
-    level: str
-    event_id: str
-    attributes: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class Effects:
-    """What an operation did besides its reply: timeline events, refused/over scopes, and the
-    scope ledgers it touched (for the gauges)."""
-
-    events: list[Event] = field(default_factory=list)
-    exceeded: list[str] = field(default_factory=list)
-    touched: list[tuple[ScopeState, Limit]] = field(default_factory=list)
-    span: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class StepResult:
-    state: ScopeState
-    limit: Limit
-    applied: bool = False
-    refused: str = ""            # "usd" | "tokens" when the limit refused it
-    need: int = 0
-    available: int = 0
-    warn_first: bool = False     # this write crossed the mission warning ratio first
-    over: bool = False
-    closed: bool = False         # reserve: this scope closed the reservation lately (a marker)
-
-
-_GROUP_MAX = 256        # steps written in one compare-and-set at most
-_KEYS_MAX = 4096        # scope keys whose last written state a replica remembers
-_DISTRUST = 8           # groups that read first after a remembered state was found stale...
-_DISTRUST_MAX = 256     # ...doubling up to this while that keeps happening
-
-
-@dataclass
-class _Step:
-    step: Callable[[ScopeState], StepResult]
-    fut: asyncio.Future
-    deadline: float
-
-
-@dataclass
-class _KeyQueue:
-    """One scope key's group commit: steps waiting, the committer task, the last state written."""
-
-    waiting: list[_Step] = field(default_factory=list)
-    task: asyncio.Task | None = None
-    cached: tuple[ScopeState, int] | None = None
-    distrust: int = 0       # groups to go that read first (another replica wrote this key lately)
-    distrust_next: int = 0  # how many next time a remembered state is found stale (doubles)
-
-
-# ----------------------------------------------------------------------------- ledger
 class Ledger:
     def __init__(self, js: JetStreamContext, settings: BudgetSettings, pricing: Pricing | None = None,
                  *, bucket: str = topology.BUCKET_BUDGET, clock: Callable[[], float] = time.time) -> None:
@@ -372,205 +133,39 @@ class Ledger:
         self.settings = settings
         self.pricing = pricing or Pricing.from_settings(settings)
         self.bucket = bucket
-        self.stream = f"KV_{bucket}"
-        self.prefix = f"$KV.{bucket}."
         self.clock = clock
-        self._ttl_ok = True
-        self._direct = False
-        self._kv = None
-        self._keys: OrderedDict[str, _KeyQueue] = OrderedDict()   # scope key -> its group commit
-        self._limits_next: asyncio.Future | None = None           # the next shared read of the limits
-        self._limits_task: asyncio.Task | None = None
-        self.stats = {"gets": 0, "writes": 0, "purges": 0, "write_conflicts": 0,
-                      "cas_conflicts": 0, "groups": 0, "steps": 0}
+        self.store = LedgerStore(js, bucket, cas_deadline=settings.budget_cas_deadline_seconds,
+                                 marker_seconds=settings.budget_marker_seconds, clock=clock, keys_max=_KEYS_MAX)
+        self.stream = self.store.stream
+        self.stats = self.store.stats
+        self._keys = self.store.keys
+        self._get, self._write, self._purge, self._cas = (
+            self.store.get, self.store.write, self.store.purge, self.store.cas)
+        self._limits: SharedRead[dict[str, Limit]] = SharedRead(self._read_limits, "budget:limits")
+        s = settings
+        self._mission_default = Limit(usd_to_nusd(s.budget_mission_usd), s.budget_mission_tokens)
+        self._ratio = s.budget_warning_ratio
 
     @classmethod
     async def open(cls, js: JetStreamContext, settings: BudgetSettings, pricing: Pricing | None = None,
-                   **kwargs: Any) -> "Ledger":
+                   **kwargs: Any) -> Ledger:
         """A ledger on an existing bucket (``Bus.ensure_topology`` creates it)."""
         ledger = cls(js, settings, pricing, **kwargs)
-        ledger._kv = await js.key_value(ledger.bucket)
-        info = await js.stream_info(ledger.stream)
-        ledger._direct = bool(info.config.allow_direct)
+        await ledger.store.open()
         return ledger
 
-    # ---------------------------------------------------------------- KV primitives
-    async def _get(self, key: str) -> tuple[bytes | None, int]:
-        """(value, revision); (None, revision of a delete marker or 0) when absent."""
-        self.stats["gets"] += 1
-        try:
-            msg = await self.js.get_msg(self.stream, subject=self.prefix + key, direct=self._direct)
-        except nats.js.errors.NotFoundError:
-            return None, 0
-        if msg.headers and msg.headers.get("KV-Operation") in ("DEL", "PURGE"):
-            return None, msg.seq
-        return msg.data, msg.seq
-
-    async def _write(self, key: str, data: bytes, last: int, ttl: float | None = None) -> int:
-        """Compare-and-set: succeeds only if the key's latest revision is ``last`` (0: absent)."""
-        self.stats["writes"] += 1
-        headers = {api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE: str(last)}
-        use_ttl = ttl if (ttl and self._ttl_ok) else None
-        try:
-            ack = await self.js.publish(self.prefix + key, data, headers=headers, msg_ttl=use_ttl)
-        except nats.js.errors.APIError as err:
-            if err.err_code in _ERR_WRONG_LAST:
-                self.stats["write_conflicts"] += 1
-                raise Conflict(key) from None
-            if err.err_code == _ERR_TTL_DISABLED and use_ttl:
-                self._ttl_ok = False
-                log.warning("per-message TTL disabled on the budget bucket; finished records are kept",
-                            bucket=self.bucket)
-                return await self._write(key, data, last)
-            raise
-        return ack.seq
-
-    async def _purge(self, key: str, upto_revision: int | None = None) -> None:
-        """Remove a key without leaving a marker; with ``upto_revision`` only if it is not newer."""
-        self.stats["purges"] += 1
-        seq = upto_revision + 1 if upto_revision else None
-        await self.js.purge_stream(self.stream, subject=self.prefix + key, seq=seq)
-
-    async def _cas(self, key: str, step: Callable[[ScopeState], StepResult],
-                   ttl: float | None = None) -> StepResult:
-        """Apply ``step`` to a scope ledger with compare-and-set, and return its result.
-
-        Group commit: steps for one key queue up in this replica and one committer task per key
-        applies all that are waiting, in order, to one state and writes it once. CAS conflicts
-        therefore only happen between replicas; a lost race re-reads and re-applies the whole
-        group (steps are pure functions of the state), with jittered exponential backoff. A step
-        that returns ``applied=False`` changes nothing. The committer keeps the state it last
-        wrote (and its revision): the next group writes on it without reading it back, the CAS
-        failing if another replica wrote in between. A group in which no step applied, computed
-        on such a remembered state, is recomputed on a fresh read (a refusal must be exact).
-        A step gives up with :class:`LedgerBusy` ``budget_cas_deadline_seconds`` after it was queued.
-        """
-        ks = self._keys.get(key)
-        if ks is None:
-            ks = self._keys[key] = _KeyQueue()
-        self._keys.move_to_end(key)
-        fut: asyncio.Future[StepResult] = asyncio.get_running_loop().create_future()
-        ks.waiting.append(_Step(step, fut, time.monotonic() + self.settings.budget_cas_deadline_seconds))
-        if ks.task is None:
-            ks.task = asyncio.create_task(self._committer(key, ks, ttl), name=f"budget:commit:{key}")
-        return await fut
-
-    async def _committer(self, key: str, ks: "_KeyQueue", ttl: float | None) -> None:
-        attempt = 0
-        group: list[_Step] = []
-        try:
-            while ks.waiting:
-                group = ks.waiting[:_GROUP_MAX]
-                del ks.waiting[:_GROUP_MAX]
-                group = [g for g in group if not g.fut.done()]       # a caller gave up (cancelled)
-                if not group:
-                    continue
-                try:
-                    results = await self._commit(key, ks, group, ttl)
-                except Conflict:
-                    metrics.BUDGET_CAS_CONFLICTS.inc()
-                    self.stats["cas_conflicts"] += 1
-                    attempt += 1
-                    now = time.monotonic()
-                    alive = []
-                    for g in group:
-                        if now > g.deadline:
-                            g.fut.set_exception(LedgerBusy(
-                                f"{key} contended for {self.settings.budget_cas_deadline_seconds}s"))
-                        else:
-                            alive.append(g)
-                    ks.waiting[:0] = alive          # retried first, with whatever queued meanwhile
-                    await asyncio.sleep(random.uniform(0, min(0.05, 0.0005 * (2 ** min(attempt, 7)))))
-                    continue
-                except Exception as exc:  # noqa: BLE001 - handed to every caller of the group
-                    for g in group:
-                        if not g.fut.done():
-                            g.fut.set_exception(exc)
-                    continue
-                attempt = 0
-                for g, r in zip(group, results):
-                    if not g.fut.done():
-                        g.fut.set_result(r)
-        except BaseException as exc:            # cancelled: nobody may wait forever
-            for g in group + ks.waiting:
-                if not g.fut.done():
-                    g.fut.set_exception(exc if isinstance(exc, Exception) else LedgerBusy("ledger stopped"))
-            ks.waiting.clear()
-            ks.cached = None
-            raise
-        finally:
-            ks.task = None
-            self._evict()
-
-    async def _commit(self, key: str, ks: "_KeyQueue", group: list["_Step"],
-                      ttl: float | None) -> list[StepResult]:
-        """One attempt of a group: (remembered or fresh) state, every step, one CAS write.
-
-        A remembered state that turned out stale is retried at once on a fresh read (that was
-        no contention, only another replica's write), and the next groups of this key read first
-        (``_DISTRUST``, doubling up to ``_DISTRUST_MAX`` while it keeps happening, back to
-        ``_DISTRUST`` once a remembered state was right), so replicas taking turns on a key do
-        not waste a write each time."""
-        cached, ks.cached = ks.cached, None
-        if ks.distrust > 0:
-            ks.distrust -= 1
-            cached = None
-        while True:
-            if cached is not None:
-                state, rev = cached
-            else:
-                data, rev = await self._get(key)
-                state = ScopeState.decode(key, data)
-            results = []
-            applied = False
-            for g in group:
-                r = g.step(state)
-                applied = applied or r.applied
-                r.state = state.snapshot()
-                results.append(r)
-            self.stats["groups"] += 1
-            self.stats["steps"] += len(group)
-            if applied:
-                break
-            if cached is None:
-                ks.cached = (state, rev)
-                return results
-            cached = None            # nothing to write: decide on what is really there
-        state.prune(self.clock(), self.settings.budget_marker_seconds)
-        try:
-            rev = await self._write(key, state.encode(), rev, ttl)     # Conflict: the caller retries
-        except Conflict:
-            if cached is None:
-                raise
-            metrics.BUDGET_CAS_CONFLICTS.inc()
-            self.stats["cas_conflicts"] += 1
-            ks.distrust = max(ks.distrust_next, _DISTRUST)
-            ks.distrust_next = min(2 * ks.distrust, _DISTRUST_MAX)
-            return await self._commit(key, ks, group, ttl)
-        if cached is not None:
-            ks.distrust_next = _DISTRUST
-        ks.cached = (state, rev)
-        return results
-
-    def _evict(self) -> None:
-        """Past ``_KEYS_MAX`` keys, forget idle ones (least recently used first) down to 3/4 of it."""
-        if len(self._keys) <= _KEYS_MAX:
-            return
-        for k in list(self._keys):
-            if len(self._keys) <= _KEYS_MAX * 3 // 4:
-                break
-            ks = self._keys[k]
-            if ks.task is None and not ks.waiting:
-                del self._keys[k]
+    @property
+    def _ttl_ok(self) -> bool:
+        """Whether the bucket takes per-message TTLs (False once a write found it would not)."""
+        return self.store.ttl_ok
 
     async def close(self) -> None:
-        """Stop the committers (their callers get an error)."""
-        tasks = [ks.task for ks in self._keys.values() if ks.task is not None]
-        if self._limits_task is not None:
-            tasks.append(self._limits_task)
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        """Stop the committers (their callers get an error) and the shared limit reads."""
+        await asyncio.gather(self.store.close(), self._limits.close())
+
+    async def scan(self, prefix: str) -> list[tuple[str, bytes, int]]:
+        """A snapshot of the latest values under ``prefix`` (e.g. ``res.>``)."""
+        return await self.store.scan(prefix)
 
     def _ttl_for(self, key: str) -> float | None:
         if key.startswith("mission.") and self.settings.budget_mission_retention_seconds > 0:
@@ -597,157 +192,63 @@ class Ledger:
     # ---------------------------------------------------------------------- limits
     async def global_limits(self) -> dict[str, Limit]:
         """The daily and monthly limits, from a read that started after this call did (so a
-        SetLimit answered before is seen). Concurrent callers share one: while a read is under
-        way, the callers that arrive meanwhile wait for it and then share the next one."""
-        fut = self._limits_next
-        if fut is None:
-            fut = self._limits_next = asyncio.get_running_loop().create_future()
-            if self._limits_task is None:
-                self._limits_task = asyncio.create_task(self._limits_reader(), name="budget:limits")
-        return await asyncio.shield(fut)
-
-    async def _limits_reader(self) -> None:
-        fut = None
-        try:
-            while self._limits_next is not None:
-                fut, self._limits_next = self._limits_next, None
-                try:
-                    limits = await self._read_limits()
-                except Exception as exc:  # noqa: BLE001 - handed to the callers
-                    fut.set_exception(exc)
-                    fut.exception()         # retrieved here too: no "never retrieved" when nobody waits
-                else:
-                    fut.set_result(limits)
-        except BaseException:               # cancelled: nobody may wait forever
-            for f in (fut, self._limits_next):
-                if f is not None and not f.done():
-                    f.set_exception(LedgerBusy("ledger stopped"))
-                    f.exception()
-            self._limits_next = None
-            raise
-        finally:
-            self._limits_task = None
+        SetLimit answered before is seen); concurrent callers share one read."""
+        return await self._limits.get()
 
     async def _read_limits(self) -> dict[str, Limit]:
         (d, _), (m, _) = await asyncio.gather(self._get(LIMITS_KEY[DAILY]), self._get(LIMITS_KEY[MONTHLY]))
         s = self.settings
         return {
-            DAILY: _override(d, Limit(usd_to_nusd(s.budget_daily_usd), s.budget_daily_tokens)),
-            MONTHLY: _override(m, Limit(usd_to_nusd(s.budget_monthly_usd), s.budget_monthly_tokens)),
+            DAILY: override(d, Limit(usd_to_nusd(s.budget_daily_usd), s.budget_daily_tokens)),
+            MONTHLY: override(m, Limit(usd_to_nusd(s.budget_monthly_usd), s.budget_monthly_tokens)),
         }
 
-    def mission_limit(self, state: ScopeState) -> Limit:
-        s = self.settings
-        return Limit(state.limit_nusd if state.limit_nusd is not None else usd_to_nusd(s.budget_mission_usd),
-                     state.limit_tokens if state.limit_tokens is not None else s.budget_mission_tokens)
-
     def _limit_fn(self, globals_: dict[str, Limit]) -> Callable[[ScopeState], Limit]:
-        def limit_of(state: ScopeState) -> Limit:
-            return self.mission_limit(state) if state.scope == MISSION else globals_[state.scope]
-        return limit_of
+        return limit_fn(globals_, self._mission_default)
 
-    # ----------------------------------------------------------------- scope steps
-    def _reserve_step(self, rid: str, nusd: int, tokens: int, limit_of, now: float):
-        ratio = self.settings.budget_warning_ratio
+    def _reserve_step(self, rid: str, nusd: int, tokens: int, limit_of: Callable[[ScopeState], Limit],
+                      now: float) -> Step:
+        return reserve_step(rid, nusd, tokens, limit_of, now, self._ratio)
 
-        def step(state: ScopeState) -> StepResult:
-            limit = limit_of(state)
-            if rid in state.open:        # already done: nothing to do
-                return StepResult(state, limit)
-            if rid in state.closed:      # closed while being made, or an earlier one that was refused
-                return StepResult(state, limit, closed=True)
-            usd, tok = state.committed()
-            if limit.nusd and usd + nusd > limit.nusd:
-                return StepResult(state, limit, refused="usd", need=nusd, available=max(0, limit.nusd - usd))
-            if limit.tokens and tok + tokens > limit.tokens:
-                return StepResult(state, limit, refused="tokens", need=tokens, available=max(0, limit.tokens - tok))
-            state.open[rid] = [nusd, tokens]
-            state.updated_at = now
-            warn_first = False
-            if state.scope == MISSION and not state.warned and past_warning(state, limit, ratio):
-                state.warned = warn_first = True
-            return StepResult(state, limit, applied=True, warn_first=warn_first)
-        return step
+    def _settle_step(self, rid: str, nusd: int, tokens: int, limit_of: Callable[[ScopeState], Limit], now: float,
+                     *, marked: bool = True) -> Step:
+        return settle_step(rid, nusd, tokens, limit_of, now, self._ratio, marked=marked)
 
-    # A reservation that was complete (RESERVED: in ``open`` of every scope, its reserve done)
-    # when it was closed needs no ``closed`` marker: only steps closing that same reservation
-    # can touch it, and "pop it from ``open`` if it is there" is idempotent on its own (so a
-    # re-driven step finds nothing and writes nothing). Markers are needed, and written, when a
-    # reserve may still be running (PENDING: a rollback, an expiry, a settle racing it) and for
-    # late or unreserved settlements (nothing in ``open`` to tell "done" from "to do"). Without
-    # this the day and month ledgers carried one marker per operation of the last
-    # ``budget_marker_seconds``: at 200 operations/s about 1 MB of JSON to encode on every write,
-    # and past nats' max payload.
-    def _release_step(self, rid: str, limit_of, now: float, *, marked: bool = True):
-        def step(state: ScopeState) -> StepResult:
-            limit = limit_of(state)
-            if rid in state.closed or (not marked and rid not in state.open):
-                return StepResult(state, limit)
-            state.open.pop(rid, None)
-            if marked:
-                state.closed[rid] = ["r", now]
-            state.updated_at = now
-            return StepResult(state, limit, applied=True)
-        return step
-
-    def _settle_step(self, rid: str, nusd: int, tokens: int, limit_of, now: float, *, marked: bool = True):
-        ratio = self.settings.budget_warning_ratio
-
-        def step(state: ScopeState) -> StepResult:
-            limit = limit_of(state)
-            if state.closed.get(rid, [""])[0] == "s" or (not marked and rid not in state.open):
-                return StepResult(state, limit, over=over_limit(state, limit))
-            state.open.pop(rid, None)
-            state.spent_nusd += nusd
-            state.spent_tokens += tokens
-            if marked:
-                state.closed[rid] = ["s", now]
-            state.updated_at = now
-            warn_first = False
-            if state.scope == MISSION and not state.warned and past_warning(state, limit, ratio):
-                state.warned = warn_first = True
-            return StepResult(state, limit, applied=True, warn_first=warn_first, over=over_limit(state, limit))
-        return step
+    def _warning_event(self, mission_id: str, r: StepResult) -> Event:
+        return warning_event(mission_id, r, self._ratio)
 
     # --------------------------------------------------------------------- reserve
     async def reserve(self, req: budget_pb2.ReserveRequest) -> tuple[budget_pb2.ReserveReply, Effects]:
         eff = Effects()
         rid = req.reservation_id
         s = self.settings
-        price = self.pricing.price(req.model)
-        nusd = price.cost_nusd(req.input_tokens, req.max_output_tokens)
+        nusd = self.pricing.price(req.model).cost_nusd(req.input_tokens, req.max_output_tokens)
         tokens = req.input_tokens + req.max_output_tokens
         eff.span["coo.cost.usd"] = nusd_to_usd(nusd)
         ttl = min(float(req.ttl_seconds) if req.ttl_seconds > 0 else s.budget_reservation_ttl_seconds,
                   s.budget_max_reservation_ttl_seconds)
-        for _ in range(5):
+
+        async def create() -> tuple[Record, int, dict[str, Limit], bool]:
             (existing, rev, _where), globals_ = await asyncio.gather(self._load(rid), self.global_limits())
             if existing is not None:
-                return await self._reserve_existing(existing), eff
-            now = self.clock()
-            rec = Record(id=rid, mission_id=req.mission_id, state=PENDING, model=req.model, task_id=req.task_id,
-                         role=req.role, reserved_nusd=nusd, reserved_tokens=tokens,
-                         scopes=[mission_key(req.mission_id), day_key(now), month_key(now)],
-                         created_at=now, expires_at=now + ttl, updated_at=now)
-            try:
-                rev = await self._write(res_key(rid), rec.encode(), rev)
-                break
-            except Conflict:
-                continue        # a concurrent retry of the same request created it: answer from it
-        else:
-            raise LedgerBusy(f"reservation {rid} contended")
+                return existing, rev, globals_, False
+            rec = new_reservation(rid, req.mission_id, model=req.model, task_id=req.task_id, role=req.role,
+                                  nusd=nusd, tokens=tokens, ttl=ttl, now=self.clock())
+            # Conflict: a concurrent retry of the same request created it: read again, answer from it
+            return rec, await self._write(res_key(rid), rec.encode(), rev), globals_, True
+
+        try:
+            rec, rev, globals_, created = await _CREATE_RETRY.call(create)
+        except Conflict as exc:
+            raise LedgerBusy(f"reservation {rid} contended") from exc
+        if not created:
+            return await self._reserve_existing(rec), eff
+        now = rec.created_at
 
         limit_of = self._limit_fn(globals_)
-        # Scopes with a limit in order (mission, day, month), each only after the one before
-        # granted: a reservation that a later scope refuses must not hold an earlier one in the
-        # meantime, or it could refuse others there that fit. A scope without any limit can't
-        # refuse, so it goes along with the first.
         step = self._reserve_step(rid, nusd, tokens, limit_of, now)
-        unlimited = {k for k in rec.scopes[1:] if globals_.get(scope_of(k), Limit(1, 1)) == Limit(0, 0)}
-        stages = [[rec.scopes[0], *[k for k in rec.scopes[1:] if k in unlimited]]] + \
-                 [[k] for k in rec.scopes[1:] if k not in unlimited]
         by_key: dict[str, StepResult] = {}
-        for stage in stages:
+        for stage in reserve_stages(rec.scopes, globals_):
             for k, r in zip(stage, await _all(self._cas(k, step, self._ttl_for(k)) for k in stage)):
                 by_key[k] = r
             if any(by_key[k].refused or by_key[k].closed for k in stage):
@@ -757,7 +258,7 @@ class Ledger:
         refused = next((r for r in results if r.refused), None)
         if refused is not None or any(r.closed for r in results):
             applied = [(k, r) for k, r in zip(keys_done, results) if r.applied]
-            backs = await _all(self._cas(k, self._release_step(rid, limit_of, self.clock()), self._ttl_for(k))
+            backs = await _all(self._cas(k, release_step(rid, limit_of, self.clock()), self._ttl_for(k))
                                for k, _ in applied)
             for back in backs:
                 eff.touched.append((back.state, back.limit))
@@ -768,13 +269,11 @@ class Ledger:
                 cur, crev, where = await self._load(rid)
                 if cur is not None and where == "res" and crev == rev and cur.state == PENDING:
                     await self._purge(res_key(rid), rev)
-                    return budget_pb2.ReserveReply(
-                        ok=False, reservation_id=rid,
-                        reason="refused (an earlier request with this reservation id was refused)"), eff
+                    return replies.refused(rid, "refused (an earlier request with this reservation id was refused)"), eff
                 if cur is not None and where == "res" and cur.state in (SETTLING, RELEASING):
                     cur = await self._drive(cur, crev, Effects(), globals_)
-                return await self._reserve_existing(cur) if cur else budget_pb2.ReserveReply(
-                    ok=False, reservation_id=rid, reason="reservation released while it was being made"), eff
+                return await self._reserve_existing(cur) if cur else replies.refused(
+                    rid, "reservation released while it was being made"), eff
             await self._purge(res_key(rid), rev)
             eff.touched.append((refused.state, refused.limit))
             eff.events.extend(self._warning_event(rec.mission_id, x) for x in results if x.warn_first)
@@ -782,7 +281,7 @@ class Ledger:
 
         rec.state = RESERVED
         rec.updated_at = self.clock()
-        rec.remaining_nusd, rec.remaining_tokens, rec.warning = self._summary(results)
+        rec.remaining_nusd, rec.remaining_tokens, rec.warning = summary(results, self._ratio)
         try:
             await self._write(res_key(rid), rec.encode(), rev)
         except Conflict:
@@ -790,92 +289,39 @@ class Ledger:
             cur, crev, where = await self._load(rid)
             if cur is not None and where == "res" and cur.state in (SETTLING, RELEASING):
                 cur = await self._drive(cur, crev, Effects())
-            return await self._reserve_existing(cur) if cur else budget_pb2.ReserveReply(
-                ok=False, reservation_id=rid, reason="reservation released while it was being made"), eff
+            return await self._reserve_existing(cur) if cur else replies.refused(
+                rid, "reservation released while it was being made"), eff
         for r in results:
             eff.touched.append((r.state, r.limit))
             if r.warn_first:
                 eff.events.append(self._warning_event(rec.mission_id, r))
-        return self._reserve_reply(rec), eff
+        return replies.reserved(rec), eff
 
     async def _reserve_existing(self, rec: Record) -> budget_pb2.ReserveReply:
         """A retried reserve: answer from the record, never reserve twice."""
         waited = 0.0
-        while rec.state == PENDING and waited < 2.0:
+        while rec.state == PENDING and waited < 2.0:    # a wait for the first request, not a retry
             await asyncio.sleep(0.05)
             waited += 0.05
             cur, _, _ = await self._load(rec.id)
             if cur is None:   # the first attempt was refused and rolled back
-                return budget_pb2.ReserveReply(ok=False, reservation_id=rec.id,
-                                               reason="refused (a concurrent identical request was refused)")
+                return replies.refused(rec.id, "refused (a concurrent identical request was refused)")
             rec = cur
         if rec.state == PENDING:
-            return budget_pb2.ReserveReply(ok=False, reservation_id=rec.id,
-                                           reason="the same reservation is being made by another request; retry")
+            return replies.refused(rec.id, "the same reservation is being made by another request; retry")
         if rec.state in (RELEASING, RELEASED):
-            return budget_pb2.ReserveReply(ok=False, reservation_id=rec.id,
-                                           reason=f"reservation already released ({rec.reason or 'released'})")
-        return self._reserve_reply(rec)
-
-    def _reserve_reply(self, rec: Record) -> budget_pb2.ReserveReply:
-        return budget_pb2.ReserveReply(
-            ok=True, reservation_id=rec.id, reserved_usd=nusd_to_usd(rec.reserved_nusd),
-            reserved_tokens=rec.reserved_tokens,
-            remaining_usd=nusd_to_usd(rec.remaining_nusd) if rec.remaining_nusd is not None else -1.0,
-            remaining_tokens=rec.remaining_tokens if rec.remaining_tokens is not None else -1,
-            expires_at=timestamp(rec.expires_at), warning=rec.warning)
+            return replies.refused(rec.id, f"reservation already released ({rec.reason or 'released'})")
+        return replies.reserved(rec)
 
     def _refusal(self, rec: Record, r: StepResult, eff: Effects) -> budget_pb2.ReserveReply:
         scope = r.state.scope
-        if r.refused == "usd":
-            limit = nusd_to_usd(r.limit.nusd)
-            reason = (f"{scope} budget exceeded ({r.state.key}): this call needs ${nusd_to_usd(r.need):.6f}, "
-                      f"${nusd_to_usd(r.available):.6f} of ${limit:.2f} left")
-        else:
-            reason = (f"{scope} token budget exceeded ({r.state.key}): this call needs {r.need} tokens, "
-                      f"{r.available} of {r.limit.tokens} left")
+        reason = refusal_reason(r)
         eff.exceeded.append(scope)
         eff.span["coo.budget.scope"] = scope
-        rem_usd, rem_tok = remaining(r.state, r.limit)
-        eff.events.append(Event(
-            mission_id=rec.mission_id, type="budget.exceeded", level="warning", message=reason,
-            event_id=f"budget-exceeded-{rec.id}",
-            attributes={"scope": scope, "reservation_id": rec.id, "model": rec.model, "task_id": rec.task_id,
-                        "role": rec.role, "unit": r.refused, "requested_usd": f"{nusd_to_usd(rec.reserved_nusd):.6f}",
-                        "requested_tokens": str(rec.reserved_tokens)}))
+        eff.events.append(refusal_event(rec, r, reason))
         log.warning("reservation refused", reservation_id=rec.id, mission_id=rec.mission_id, scope=scope,
                     reason=reason)
-        return budget_pb2.ReserveReply(
-            ok=False, reservation_id=rec.id, reason=reason, scope=SCOPE_ENUM[scope],
-            remaining_usd=nusd_to_usd(max(0, rem_usd)) if rem_usd is not None else -1.0,
-            remaining_tokens=max(0, rem_tok) if rem_tok is not None else -1)
-
-    def _summary(self, results: list[StepResult]) -> tuple[int | None, int | None, bool]:
-        rem_usd: int | None = None
-        rem_tok: int | None = None
-        warning = False
-        for r in results:
-            u, t = remaining(r.state, r.limit)
-            if u is not None:
-                rem_usd = u if rem_usd is None else min(rem_usd, u)
-            if t is not None:
-                rem_tok = t if rem_tok is None else min(rem_tok, t)
-            warning = warning or past_warning(r.state, r.limit, self.settings.budget_warning_ratio)
-        return (max(0, rem_usd) if rem_usd is not None else None,
-                max(0, rem_tok) if rem_tok is not None else None, warning)
-
-    def _warning_event(self, mission_id: str, r: StepResult) -> Event:
-        usd, tokens = r.state.committed()
-        return Event(
-            mission_id=mission_id, type="budget.warning", level="warning",
-            message=(f"mission budget {self.settings.budget_warning_ratio:.0%} used: "
-                     f"${nusd_to_usd(usd):.4f} of ${nusd_to_usd(r.limit.nusd):.2f} spent or reserved"
-                     if r.limit.nusd else f"mission token budget {self.settings.budget_warning_ratio:.0%} used: "
-                     f"{tokens} of {r.limit.tokens} tokens"),
-            event_id=f"budget-warning-{mission_id}",
-            attributes={"scope": MISSION, "spent_usd": f"{nusd_to_usd(r.state.spent_nusd):.6f}",
-                        "reserved_usd": f"{nusd_to_usd(r.state.reserved_nusd):.6f}",
-                        "limit_usd": f"{nusd_to_usd(r.limit.nusd):.6f}", "limit_tokens": str(r.limit.tokens)})
+        return replies.refused_by_limit(rec.id, r, reason)
 
     # ---------------------------------------------------------------------- driving
     async def _drive(self, rec: Record, rev: int, eff: Effects,
@@ -887,7 +333,7 @@ class Ledger:
         limit_of = self._limit_fn(globals_)
         now = self.clock()
         if rec.state == RELEASING:
-            for r in await _all(self._cas(key, self._release_step(rec.id, limit_of, now, marked=not rec.complete),
+            for r in await _all(self._cas(key, release_step(rec.id, limit_of, now, marked=not rec.complete),
                                           self._ttl_for(key)) for key in rec.scopes):
                 eff.touched.append((r.state, r.limit))
             rec.state = RELEASED
@@ -899,25 +345,14 @@ class Ledger:
                           self._ttl_for(key)) for key in rec.scopes)
             for r in results:
                 eff.touched.append((r.state, r.limit))
-                if r.over and not rec.over_limit:
-                    rec.over_limit, rec.over_scope = True, r.state.scope
                 if r.over and r.applied:
                     eff.exceeded.append(r.state.scope)
                 if r.warn_first:
                     eff.events.append(self._warning_event(rec.mission_id, r))
-            rec.remaining_nusd, rec.remaining_tokens, rec.warning = self._summary(results)
-            rec.state = SETTLED
+            mark_settled(rec, results, self._ratio)
             if rec.over_limit and any(r.applied and r.over for r in results):
                 usd, _ = results[[r.state.scope for r in results].index(rec.over_scope)].state.committed()
-                message = (f"usage took the {rec.over_scope} budget past its limit: this call cost "
-                           f"${nusd_to_usd(rec.cost_nusd):.6f}"
-                           + ("" if rec.unreserved else f" (reserved ${nusd_to_usd(rec.reserved_nusd):.6f})"))
-                eff.events.append(Event(
-                    mission_id=rec.mission_id, type="budget.exceeded", level="warning", message=message,
-                    event_id=f"budget-over-{rec.id}",
-                    attributes={"scope": rec.over_scope, "reservation_id": rec.id, "over_limit": "true",
-                                "cost_usd": f"{nusd_to_usd(rec.cost_nusd):.6f}",
-                                "committed_usd": f"{nusd_to_usd(usd):.6f}"}))
+                eff.events.append(over_limit_event(rec, usd))
                 log.warning("settlement over the limit", reservation_id=rec.id, mission_id=rec.mission_id,
                             scope=rec.over_scope, cost_usd=nusd_to_usd(rec.cost_nusd))
         else:
@@ -927,24 +362,26 @@ class Ledger:
 
     async def _finalize(self, rec: Record, rev: int) -> Record:
         key = done_key(rec.id)
-        final = rec
-        for attempt in range(20):
-            if attempt == 0:
+        tries = 0
+
+        async def write_done() -> Record:
+            nonlocal tries
+            tries += 1
+            if tries == 1:
                 data, drev = None, 0    # usually absent: write without reading first (CAS says if not)
             else:
                 data, drev = await self._get(key)
             if data is not None:
                 cur = Record.decode(data)
                 if cur.state == SETTLED or cur.state == rec.state:
-                    final = cur
-                    break
-            try:
-                await self._write(key, rec.encode(), drev, self.settings.budget_record_retention_seconds)
-                break
-            except Conflict:
-                continue
-        else:   # leave res.<id> in place: the sweeper finishes it later
-            raise LedgerBusy(f"{key} contended")
+                    return cur
+            await self._write(key, rec.encode(), drev, self.settings.budget_record_retention_seconds)
+            return rec
+
+        try:
+            final = await _FINALIZE_RETRY.call(write_done)
+        except Conflict as exc:   # leave res.<id> in place: the sweeper finishes it later
+            raise LedgerBusy(f"{key} contended") from exc
         await self._purge(res_key(rec.id), rev)
         return final
 
@@ -952,80 +389,63 @@ class Ledger:
     async def settle(self, req: budget_pb2.SettleRequest) -> tuple[budget_pb2.SettleReply, Effects]:
         eff = Effects()
         rid = req.reservation_id
-        for _ in range(10):
+
+        async def begin() -> tuple[Record, tuple[int, dict[str, Limit]] | None]:
+            """The record settled, or begun settling: (record, (revision, limits) to drive it)."""
             (rec, rev, where), globals_ = await asyncio.gather(self._load(rid, res_first=True), self.global_limits())
             now = self.clock()
             if rec is not None and rec.state == SETTLED:
-                break
+                return rec, None
             if rec is not None and where == "res" and rec.state in (SETTLING, RELEASING):
-                await self._drive(rec, rev, eff, globals_)   # finish what another request left half-done
-                continue
+                await self._drive(rec, rev, eff, globals_)   # finish what another request left half-done...
+                raise Conflict(res_key(rid))                 # ...and read again
             model = req.model or (rec.model if rec else "")
             cost = self.pricing.cost_nusd(model, req.input_tokens, req.output_tokens)
-            if rec is None or rec.state == RELEASED:
-                # late (after release/expiry) or without a reservation: the usage still counts
-                if rec is None:
-                    rec = Record(id=rid, mission_id=req.mission_id, state=SETTLING, model=model, unreserved=True,
-                                 scopes=[mission_key(req.mission_id), day_key(now), month_key(now)],
-                                 created_at=now, expires_at=now)
-                    log.warning("settlement without a reservation on record", reservation_id=rid,
-                                mission_id=req.mission_id)
-                rec.late, rec.complete = True, False
-                last = rev if where != "done" else 0
-            else:   # pending or reserved
-                last = rev
-                rec.complete = rec.state == RESERVED
-            rec.state, rec.cost_nusd, rec.settle_model = SETTLING, cost, model
-            rec.input_tokens, rec.output_tokens, rec.updated_at = req.input_tokens, req.output_tokens, now
-            try:
-                rev = await self._write(res_key(rid), rec.encode(), last)
-            except Conflict:
-                continue
-            rec = await self._drive(rec, rev, eff, globals_)
-            break
-        else:
-            raise LedgerBusy(f"reservation {rid} contended")
+            if rec is None:
+                rec = unreserved_settlement(rid, req.mission_id, model, now)
+                log.warning("settlement without a reservation on record", reservation_id=rid,
+                            mission_id=req.mission_id)
+            begin_settle(rec, cost, model, req.input_tokens, req.output_tokens, now)
+            rev = await self._write(res_key(rid), rec.encode(), 0 if where == "done" else rev)
+            return rec, (rev, globals_)
+
+        try:
+            rec, todo = await _RECORD_RETRY.call(begin)
+        except Conflict as exc:
+            raise LedgerBusy(f"reservation {rid} contended") from exc
+        if todo is not None:
+            rec = await self._drive(rec, todo[0], eff, todo[1])
         if rec.over_limit:
             eff.span["coo.budget.scope"] = rec.over_scope
         eff.span["coo.cost.usd"] = nusd_to_usd(rec.cost_nusd)
-        reason = ""
-        if rec.unreserved:
-            reason = "settled without a reservation; usage charged"
-        elif rec.late:
-            reason = "the reservation had expired or been released; usage charged"
-        return budget_pb2.SettleReply(
-            ok=True, cost_usd=nusd_to_usd(rec.cost_nusd), reason=reason, over_limit=rec.over_limit,
-            scope=SCOPE_ENUM.get(rec.over_scope, budget_pb2.BUDGET_SCOPE_UNSPECIFIED),
-            remaining_usd=nusd_to_usd(rec.remaining_nusd) if rec.remaining_nusd is not None else -1.0,
-            remaining_tokens=rec.remaining_tokens if rec.remaining_tokens is not None else -1,
-            warning=rec.warning), eff
+        return replies.settled(rec, settle_reason(rec)), eff
 
     # ---------------------------------------------------------------------- release
     async def release(self, req: budget_pb2.ReleaseRequest) -> tuple[budget_pb2.ReleaseReply, Effects]:
         eff = Effects()
         rid = req.reservation_id
-        for _ in range(10):
-            (rec, rev, where), globals_ = await asyncio.gather(self._load(rid, res_first=True), self.global_limits())
-            if rec is None:
-                return budget_pb2.ReleaseReply(ok=True, reason="unknown reservation; nothing to release"), eff
-            if rec.state == SETTLED:
-                return budget_pb2.ReleaseReply(ok=True, reason="already settled"), eff
-            if rec.state == RELEASED:
-                return budget_pb2.ReleaseReply(ok=True, reason="already released",
-                                               released_usd=nusd_to_usd(rec.released_nusd)), eff
+
+        async def begin() -> tuple[Record | None, tuple[int, dict[str, Limit]] | None]:
+            """The record as found (None: unknown; settled or released), or begun releasing."""
+            (rec, rev, _where), globals_ = await asyncio.gather(self._load(rid, res_first=True),
+                                                                self.global_limits())
+            if rec is None or rec.state in FINAL:
+                return rec, None
             if rec.state in (SETTLING, RELEASING):
-                await self._drive(rec, rev, eff, globals_)
-                continue
-            rec.complete = rec.state == RESERVED
-            rec.state, rec.reason, rec.updated_at = RELEASING, req.reason or "released", self.clock()
-            try:
-                rev = await self._write(res_key(rid), rec.encode(), rev)
-            except Conflict:
-                continue
-            final = await self._drive(rec, rev, eff, globals_)
-            eff.span["coo.cost.usd"] = nusd_to_usd(final.released_nusd)
-            return budget_pb2.ReleaseReply(ok=True, released_usd=nusd_to_usd(final.released_nusd)), eff
-        raise LedgerBusy(f"reservation {rid} contended")
+                await self._drive(rec, rev, eff, globals_)   # finish what another request left half-done...
+                raise Conflict(res_key(rid))                 # ...and read again
+            begin_release(rec, req.reason or "released", self.clock())
+            return rec, (await self._write(res_key(rid), rec.encode(), rev), globals_)
+
+        try:
+            rec, todo = await _RECORD_RETRY.call(begin)
+        except Conflict as exc:
+            raise LedgerBusy(f"reservation {rid} contended") from exc
+        if todo is None:
+            return replies.released(rec, fresh=False), eff
+        final = await self._drive(rec, todo[0], eff, todo[1])
+        eff.span["coo.cost.usd"] = nusd_to_usd(final.released_nusd)
+        return replies.released(final, fresh=True), eff
 
     # -------------------------------------------------------------------- set limit
     async def set_limit(self, req: budget_pb2.SetLimitRequest) -> tuple[budget_pb2.SetLimitReply, Effects]:
@@ -1033,36 +453,26 @@ class Ledger:
         now = self.clock()
         usd = usd_to_nusd(req.limit_usd) if req.HasField("limit_usd") else None
         tokens = req.limit_tokens if req.HasField("limit_tokens") else None
-        scope = SCOPE_NAME[req.scope]
+        scope = replies.SCOPE_NAME[req.scope]
         if scope == MISSION:
-            def step(state: ScopeState) -> StepResult:
-                if usd is not None:
-                    state.limit_nusd = usd
-                if tokens is not None:
-                    state.limit_tokens = tokens
-                state.updated_at = now
-                return StepResult(state, self.mission_limit(state), applied=True)
             key = mission_key(req.mission_id)
-            r = await self._cas(key, step, self._ttl_for(key))
+            r = await self._cas(key, mission_limit_step(usd, tokens, self._limit_fn({}), now), self._ttl_for(key))
             status = self.scope_status(r.state, r.limit)
         else:
             key = LIMITS_KEY[scope]
-            for _ in range(50):
+
+            async def write_override() -> None:
                 data, rev = await self._get(key)
-                cur = json.loads(data) if data else {"limit_nusd": None, "limit_tokens": None}
-                if usd is not None:
-                    cur["limit_nusd"] = usd
-                if tokens is not None:
-                    cur["limit_tokens"] = tokens
-                cur.update(requested_by=req.requested_by, updated_at=now)
                 try:
-                    await self._write(key, json.dumps(cur).encode(), rev)
-                    break
+                    await self._write(key, set_override(data, usd, tokens, req.requested_by, now), rev)
                 except Conflict:
                     metrics.BUDGET_CAS_CONFLICTS.inc()
-                    await asyncio.sleep(random.uniform(0, 0.01))
-            else:
-                raise LedgerBusy(f"{key} contended")
+                    raise
+
+            try:
+                await _LIMITS_RETRY.call(write_override)
+            except Conflict as exc:
+                raise LedgerBusy(f"{key} contended") from exc
             period = day_key(now) if scope == DAILY else month_key(now)
             data, _ = await self._get(period)
             state = ScopeState.decode(period, data)
@@ -1077,14 +487,7 @@ class Ledger:
 
     # ----------------------------------------------------------------------- status
     def scope_status(self, state: ScopeState, limit: Limit) -> budget_pb2.ScopeStatus:
-        rem_usd, rem_tok = remaining(state, limit)
-        return budget_pb2.ScopeStatus(
-            scope=SCOPE_ENUM[state.scope], key=state.key, limit_usd=nusd_to_usd(limit.nusd),
-            limit_tokens=limit.tokens, spent_usd=nusd_to_usd(state.spent_nusd), spent_tokens=state.spent_tokens,
-            reserved_usd=nusd_to_usd(state.reserved_nusd), reserved_tokens=state.reserved_tokens,
-            remaining_usd=nusd_to_usd(max(0, rem_usd)) if rem_usd is not None else 0.0,
-            remaining_tokens=max(0, rem_tok) if rem_tok is not None else 0,
-            reservations=len(state.open), updated_at=timestamp(state.updated_at or self.clock()))
+        return replies.scope_status(state, limit, self.clock())
 
     async def scopes(self, mission_id: str = "") -> list[tuple[ScopeState, Limit]]:
         now = self.clock()
@@ -1102,18 +505,13 @@ class Ledger:
             ok=True, scopes=[self.scope_status(s, lim) for s, lim in await self.scopes(req.mission_id)])
 
     # ----------------------------------------------------------------------- sweeper
-    async def scan(self, prefix: str) -> list[tuple[str, bytes, int]]:
-        """A snapshot of the latest values under ``prefix`` (e.g. ``res.>``)."""
-        if self._kv is None:
-            self._kv = await self.js.key_value(self.bucket)
-        return [(e.key, e.value, e.revision) for e in await kvscan.latest(self.js, self._kv, prefix) if e.value]
-
     async def sweep(self) -> tuple[int, Effects]:
         """Release expired reservations and finish half-done ones. Returns how many expired."""
         eff = Effects()
         expired = 0
         now = self.clock()
         globals_ = None
+        s = self.settings
         for key, data, rev in await self.scan("res.>"):
             try:
                 rec = Record.decode(data)
@@ -1122,17 +520,9 @@ class Ledger:
                 continue
             try:
                 if rec.state in (PENDING, RESERVED):
-                    deadline = rec.expires_at
-                    if rec.state == PENDING:
-                        # nothing granted yet: a reserve still running gets time to finish (it
-                        # takes at most three contended compare-and-sets, each given up
-                        # budget_cas_deadline_seconds after it was queued); older means its replica died
-                        deadline = rec.created_at + self.settings.budget_stuck_seconds + \
-                            3 * self.settings.budget_cas_deadline_seconds
-                    if now < deadline:
+                    if now < expiry_deadline(rec, s.budget_stuck_seconds, s.budget_cas_deadline_seconds):
                         continue
-                    rec.complete = rec.state == RESERVED
-                    rec.state, rec.reason, rec.updated_at = RELEASING, "expired", now
+                    begin_release(rec, "expired", now)
                     try:
                         rev = await self._write(key, rec.encode(), rev)
                     except Conflict:
@@ -1144,7 +534,7 @@ class Ledger:
                                 age_seconds=round(now - rec.created_at, 3), task_id=rec.task_id or None)
                     globals_ = globals_ or await self.global_limits()
                     await self._drive(rec, rev, eff, globals_)
-                elif rec.state in (SETTLING, RELEASING) and now - rec.updated_at >= self.settings.budget_stuck_seconds:
+                elif rec.state in (SETTLING, RELEASING) and now - rec.updated_at >= s.budget_stuck_seconds:
                     log.warning("finishing a half-done budget operation", reservation_id=rec.id, state=rec.state,
                                 mission_id=rec.mission_id)
                     globals_ = globals_ or await self.global_limits()
@@ -1162,11 +552,3 @@ async def _all(coros) -> list:
         if isinstance(r, BaseException):
             raise r
     return results
-
-
-def _override(data: bytes | None, default: Limit) -> Limit:
-    if not data:
-        return default
-    raw = json.loads(data)
-    usd, tokens = raw.get("limit_nusd"), raw.get("limit_tokens")
-    return Limit(default.nusd if usd is None else int(usd), default.tokens if tokens is None else int(tokens))

@@ -18,7 +18,8 @@ from typing import Any
 from opentelemetry import trace
 
 from coo.budget import client
-from coo.budget.ledger import DAILY, MONTHLY, Effects, Ledger, Limit, ScopeState, day_key, month_key
+from coo.budget.ledger import Ledger
+from coo.budget.model import DAILY, MONTHLY, Effects, Limit, ScopeState, day_key, month_key
 from coo.budget.pricing import Pricing, nusd_to_usd
 from coo.budget.settings import BudgetSettings
 from coo.common import metrics, timeline, validate
