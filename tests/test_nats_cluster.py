@@ -151,3 +151,15 @@ def test_each_service_declares_its_part_with_three_replicas(cluster_from_compone
             await admin.close()
 
     asyncio.run(main())
+
+
+def test_status_and_down_see_the_size_the_stack_was_started_with(tmp_path, monkeypatch):
+    monkeypatch.delenv("COO_NATS_CLUSTER", raising=False)
+    state = tmp_path / "state"
+    assert StackSettings(state_dir=state).nats_cluster == 1
+    StackSettings(state_dir=state, nats_cluster=3).record_nats_cluster()    # coo up --nats-cluster 3
+    later = StackSettings(state_dir=state)                                   # coo status, coo down
+    assert later.nats_cluster == 3 and [c.name for c in components(later) if c.kind == "infra"] == [
+        "nats-1", "nats-2", "nats-3"]
+    monkeypatch.setenv("COO_NATS_CLUSTER", "1")                              # said explicitly: that wins
+    assert StackSettings(state_dir=state).nats_cluster == 1

@@ -47,9 +47,14 @@ def _print_pages(rows: list[supervisor.ComponentStatus]) -> None:
 def up(build: bool = typer.Option(True, help="Build the collector, Jaeger and the trace UI first if not cached."),
        demo: bool = typer.Option(False, "--demo", help="Run a demo mission once the stack is up."),
        timeout: float = typer.Option(120.0, help="Seconds to wait for every component to be healthy."),
+       nats_cluster: int | None = typer.Option(
+           None, "--nats-cluster", min=1, max=5,
+           help="NATS servers to run: 3 for a cluster (every stream on each, one may be lost). "
+                "Default: COO_NATS_CLUSTER, else what this state dir ran last, else 1."),
        json_out: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """Start the local stack (every component a supervised process on loopback)."""
-    s = StackSettings()
+    s = StackSettings(**({"nats_cluster": nats_cluster} if nats_cluster else {}))
+    s.record_nats_cluster()
     if build:
         script = REPO_ROOT / "scripts" / "build-tools.sh"
         if script.exists():

@@ -6,6 +6,7 @@ components, ports and config files (a test holds the two together).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -14,13 +15,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from coo.stack import consoles, nats_auth, nats_cluster, render, viewer
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 NATS_SERVER_NAME = "coo-local"
+#: In the state dir: how many NATS servers the stack was started with.
+NATS_CLUSTER_FILE = "nats-cluster"
 
 
 class StackSettings(BaseSettings):
@@ -66,6 +69,19 @@ class StackSettings(BaseSettings):
     @property
     def state(self) -> Path:
         return self.state_dir if self.state_dir.is_absolute() else (Path.cwd() / self.state_dir)
+
+    @model_validator(mode="after")
+    def _cluster_size_of_the_running_stack(self) -> StackSettings:
+        """Not set here: the size the stack in this state dir was started with (``coo up
+        --nats-cluster 3`` records it), so ``coo status`` and ``coo down`` see the same servers."""
+        if "nats_cluster" not in self.model_fields_set:
+            with contextlib.suppress(OSError, ValueError):
+                self.nats_cluster = max(1, int((self.state / NATS_CLUSTER_FILE).read_text().strip()))
+        return self
+
+    def record_nats_cluster(self) -> None:
+        self.state.mkdir(parents=True, exist_ok=True)
+        (self.state / NATS_CLUSTER_FILE).write_text(f"{self.nats_cluster}\n")
 
     def nats_nodes(self) -> list[nats_cluster.Node]:
         return nats_cluster.nodes(host=self.host, state=self.state, size=self.nats_cluster, port=self.nats_port,
