@@ -7,6 +7,7 @@ compose Prometheus instead. The tests run in order and share one stack."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import tarfile
@@ -154,7 +155,7 @@ def test_budget_exceeded_reaches_the_orchestrators_webhook(stack: ComposeStack):
 
     def fired():
         alerts = [a for a in httpx.get(am, timeout=5).json() if a["labels"].get("alertname") == "BudgetExceeded"]
-        return alerts if alerts and '"alert": "BudgetExceeded"' in stack.logs("orchestrator") else None
+        return alerts if alerts and re.search(r'"alert":\s*"BudgetExceeded"', stack.logs("orchestrator")) else None
 
     alerts = _until("BudgetExceeded in Alertmanager and at the orchestrator's webhook", fired, timeout=150, every=2)
     assert alerts[0]["labels"]["scope"] == "mission" and alerts[0]["labels"]["severity"] == "critical"
