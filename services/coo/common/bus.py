@@ -44,6 +44,7 @@ from coo.common import bus_tracing, metrics, topology
 from coo.common.bus_tracing import MESSAGING_MESSAGE_BODY_SIZE, MESSAGING_MESSAGE_ID, NATS_DELIVERED_COUNT
 from coo.common.config import CommonSettings
 from coo.common.declare import declare
+from coo.common.retry import Policy
 from coo.common.scrub import scrub_text
 from coo.common.telemetry import debug_enabled, get_logger
 
@@ -57,6 +58,14 @@ HEADER_MISSION = "Coo-Mission-Id"
 MISSION_BAGGAGE_KEY = "mission.id"
 
 M = TypeVar("M", bound=Message)
+
+#: A stream without a leader answers no publish for a moment (a NATS cluster electing one after a
+#: node was lost: seconds). The publish is tried again under the same message id, so a first try
+#: that did land is dropped by the stream as a duplicate; past the deadline the error goes to the
+#: caller (a handler's message is then redelivered). Kept under the work consumers' ack wait (30 s).
+_PUBLISH_RETRY = Policy("publish", retry_on=(nats.js.errors.NoStreamResponseError, nats.errors.NoRespondersError,
+                                             nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError),
+                        attempts=None, deadline=20.0, initial=0.25, maximum=4.0)
 
 
 class InvalidMessage(Exception):
@@ -378,7 +387,7 @@ class Bus:
             headers[HEADER_MISSION] = mission_id
         inject_trace_context(headers, span, parent)
         try:
-            ack = await self.js.publish(subject, data, headers=headers, timeout=timeout)
+            ack = await _PUBLISH_RETRY.call(self._publish_once, subject, data, headers, timeout)
             if ack.duplicate:
                 span.set_attribute("coo.messaging.duplicate", True)
             if _DEBUG:
@@ -394,6 +403,9 @@ class Bus:
             raise
         finally:
             span.end()
+
+    async def _publish_once(self, subject: str, data: bytes, headers: dict[str, str], timeout: float):
+        return await self.js.publish(subject, data, headers=dict(headers), timeout=timeout)
 
     # --------------------------------------------------------------------- consume
     def consume(self, consumer: str, handler: Handler, accepted: list[type[Message]], *,
