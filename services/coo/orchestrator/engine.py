@@ -17,6 +17,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import nats.errors
+import nats.js.errors
 from google.protobuf.message import Message
 from nats.js.errors import InvalidKeyError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
@@ -48,6 +49,13 @@ SYSTEM_TIMELINE = "system"   # coo.timeline.system: events that concern no singl
 # A mission update that lost a compare-and-set to another handler or replica is re-read and re-applied.
 _APPLY_RETRY = Policy("mission update", retry_on=KeyWrongLastSequenceError, attempts=50, initial=0.001,
                       maximum=0.05, level="debug", logger=log)
+# A stream without a leader for a moment (a NATS node lost, the cluster electing another): the read
+# or the write is tried again for up to 20 s (under the result consumers' 30 s ack wait). A write
+# whose answer was lost may have landed: the next try recognises its own bytes (see _apply).
+_UNAVAILABLE = (nats.js.errors.NoStreamResponseError, nats.js.errors.ServiceUnavailableError,
+                nats.errors.NoRespondersError, nats.errors.TimeoutError)
+_STREAM_RETRY = Policy("mission update (stream unavailable)", retry_on=_UNAVAILABLE, attempts=None, deadline=20.0,
+                       initial=0.25, maximum=4.0, logger=log)
 # The admission blocks: a lost race or a bus error is retried; the last one reaches the webhook's caller.
 _BLOCK_RETRY = Policy("admission blocks update", retry_on=(nats.errors.Error, TimeoutError), attempts=20,
                       initial=0.01, maximum=0.5, logger=log)
@@ -432,12 +440,16 @@ class Engine:
         the work item is published again; its message id (the awaited id) makes that a no-op in
         the stream's duplicate window when the first publish did land."""
         seen: list[mission_pb2.Mission] = []
+        unanswered: list[tuple[bytes, mission_pb2.Mission, flow.Step]] = []   # a write whose answer was lost
 
         async def attempt() -> tuple[mission_pb2.Mission, flow.Step] | None:
             try:
                 entry = await self.store.get(mission_id)
             except (KeyNotFoundError, InvalidKeyError):
                 raise InvalidMessage(f"unknown mission {mission_id[:80]!r}") from None
+            if unanswered and entry.value == unanswered[0][0]:
+                return unanswered[0][1], unanswered[0][2]       # it had landed: its effects are still due
+            unanswered.clear()
             m = mission_pb2.Mission.FromString(entry.value or b"")
             if redelivered:
                 seen[:] = [mission_pb2.Mission.FromString(entry.value or b"")]
@@ -446,11 +458,16 @@ class Engine:
                 return None
             m.pending_work = flow.pending_work(m)
             m.updated_at.CopyFrom(flow.now())
-            await self.store.update(mission_id, m.SerializeToString(), last=entry.revision)   # lost: retried
+            data = m.SerializeToString()
+            try:
+                await self.store.update(mission_id, data, last=entry.revision)   # lost race: retried
+            except _UNAVAILABLE:
+                unanswered[:] = [(data, m, step)]
+                raise
             return m, step
 
         try:
-            done = await _APPLY_RETRY.call(attempt)
+            done = await _STREAM_RETRY.call(_APPLY_RETRY.call, attempt)
         except KeyWrongLastSequenceError as exc:
             raise RuntimeError(f"mission {mission_id}: too many concurrent updates") from exc
         if done is None:
