@@ -224,7 +224,7 @@ def test_scrubbers_memory_is_per_pii_setting_and_bounded(monkeypatch):
 @pytest.mark.parametrize(("protocol", "package"), [("grpc", "grpc"), ("http/protobuf", "http")])
 def test_the_otlp_exporters_are_found_by_their_entry_points(monkeypatch, protocol, package):
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
-    spans_out, logs_out = telemetry._otlp_exporters()
+    spans_out, logs_out = telemetry._otlp_exporter("traces"), telemetry._otlp_exporter("logs")
     try:
         assert type(spans_out).__name__ == "OTLPSpanExporter" and type(logs_out).__name__ == "OTLPLogExporter"
         assert all(f"otlp.proto.{package}" in type(e).__module__ for e in (spans_out, logs_out))

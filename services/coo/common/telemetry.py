@@ -162,14 +162,13 @@ class _QuietLogExporter(LogRecordExporter):
         return self.inner.force_flush(timeout_millis)
 
 
-def _otlp_exporters() -> tuple[SpanExporter, LogRecordExporter]:
-    """The OTLP exporters of ``OTEL_EXPORTER_OTLP_PROTOCOL`` (grpc, or http/protobuf), found as the
-    SDK's own configuration finds them: by their entry points (the log exporters' modules are not
-    public yet)."""
+def _otlp_exporter(signal: str) -> Any:
+    """The OTLP exporter of ``signal`` ("traces" or "logs") for ``OTEL_EXPORTER_OTLP_PROTOCOL`` (grpc,
+    or http/protobuf), found as the SDK's own configuration finds it: by its entry point (the log
+    exporters' modules are not public yet)."""
     kind = "otlp_proto_http" if otlp_protocol().startswith("http") else "otlp_proto_grpc"
-    span_cls = next(iter(entry_points(group="opentelemetry_traces_exporter", name=kind))).load()
-    log_cls = next(iter(entry_points(group="opentelemetry_logs_exporter", name=kind))).load()
-    return span_cls(), log_cls()
+    (entry,) = entry_points(group=f"opentelemetry_{signal}_exporter", name=kind)
+    return entry.load()()
 
 
 def exporter_off(signal: str) -> bool:
@@ -467,12 +466,11 @@ def setup_telemetry(service: str, *, span_exporter: SpanExporter | None = None,
         if span_exporter is not None:
             tracer_provider.add_span_processor(SimpleSpanProcessor(span_exporter))
         else:
-            span_out, log_out = _otlp_exporters()
             if not exporter_off("traces"):
-                owned.append(_QuietSpanExporter(span_out))
+                owned.append(_QuietSpanExporter(_otlp_exporter("traces")))
                 tracer_provider.add_span_processor(BatchSpanProcessor(owned[-1]))
             if not exporter_off("logs"):
-                owned.append(_QuietLogExporter(log_out))
+                owned.append(_QuietLogExporter(_otlp_exporter("logs")))
                 logger_provider = LoggerProvider(resource=resource)
                 logger_provider.add_log_record_processor(batch_log_processor(owned[-1]))
                 set_logger_provider(logger_provider)
