@@ -49,17 +49,28 @@ def _transient(exc: BaseException) -> bool:
 
 
 class BudgetClient:
-    def __init__(self, bus: Bus, *, timeout: float = 5.0, retries: int = 2, retry_delay: float = 0.2) -> None:
+    """``settle_deadline``: how long a reserve, a settle or a release keeps trying through transient
+    errors (timeouts, no responders, a 500): a call's cost must reach the ledger and a reservation
+    must not stay held, even while the budget's bucket moves to a new leader (a NATS node lost:
+    seconds), and an LLM call waits for its reservation rather than failing its task. All three are
+    idempotent by reservation id, so a try whose answer was lost does no harm when repeated. Other
+    requests (limits, status) give up after ``retries``."""
+
+    def __init__(self, bus: Bus, *, timeout: float = 5.0, retries: int = 2, retry_delay: float = 0.2,
+                 settle_deadline: float = 30.0) -> None:
         self.bus = bus
         self.timeout = timeout
         self.retries = retries
         self.retry_delay = retry_delay
         self._retry = Policy("budget request", retry_on=_TRANSIENT, retry_if=_transient, attempts=retries + 1,
                              initial=retry_delay, maximum=max(2.0, retry_delay), jitter=0.5, logger=log)
+        self._settle_retry = Policy("budget settle", retry_on=_TRANSIENT, retry_if=_transient, attempts=None,
+                                    deadline=settle_deadline, initial=retry_delay, maximum=max(4.0, retry_delay),
+                                    jitter=0.5, logger=log)
 
-    async def _call(self, subject, request, reply_cls, mission_id: str | None):
-        return await self._retry.call(self.bus.request, subject, request, reply_cls,
-                                      mission_id=mission_id or None, timeout=self.timeout)
+    async def _call(self, subject, request, reply_cls, mission_id: str | None, *, policy: Policy | None = None):
+        return await (policy or self._retry).call(self.bus.request, subject, request, reply_cls,
+                                                  mission_id=mission_id or None, timeout=self.timeout)
 
     async def reserve(self, reservation_id: str, mission_id: str, model: str, input_tokens: int,
                       max_output_tokens: int, *, ttl_seconds: int = 0, task_id: str = "",
@@ -68,19 +79,19 @@ class BudgetClient:
         req = budget_pb2.ReserveRequest(reservation_id=reservation_id, mission_id=mission_id, model=model,
                                         input_tokens=input_tokens, max_output_tokens=max_output_tokens,
                                         ttl_seconds=ttl_seconds, task_id=task_id, role=role)
-        return await self._call(SUBJECT_RESERVE, req, budget_pb2.ReserveReply, mission_id)
+        return await self._call(SUBJECT_RESERVE, req, budget_pb2.ReserveReply, mission_id, policy=self._settle_retry)
 
     async def settle(self, reservation_id: str, mission_id: str, model: str, input_tokens: int,
                      output_tokens: int) -> budget_pb2.SettleReply:
         """Charge the usage the provider reported. ``over_limit`` true: ``scope`` went past its limit."""
         req = budget_pb2.SettleRequest(reservation_id=reservation_id, mission_id=mission_id, model=model,
                                        input_tokens=input_tokens, output_tokens=output_tokens)
-        return await self._call(SUBJECT_SETTLE, req, budget_pb2.SettleReply, mission_id)
+        return await self._call(SUBJECT_SETTLE, req, budget_pb2.SettleReply, mission_id, policy=self._settle_retry)
 
     async def release(self, reservation_id: str, mission_id: str = "", reason: str = "") -> budget_pb2.ReleaseReply:
         """Give a reservation back (the call failed or was not made)."""
         req = budget_pb2.ReleaseRequest(reservation_id=reservation_id, mission_id=mission_id, reason=reason)
-        return await self._call(SUBJECT_RELEASE, req, budget_pb2.ReleaseReply, mission_id)
+        return await self._call(SUBJECT_RELEASE, req, budget_pb2.ReleaseReply, mission_id, policy=self._settle_retry)
 
     async def set_limit(self, scope: int | str, *, mission_id: str = "", limit_usd: float | None = None,
                         limit_tokens: int | None = None, requested_by: str = "") -> budget_pb2.SetLimitReply:
