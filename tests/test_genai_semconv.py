@@ -7,7 +7,8 @@ release that holds the GenAI conventions. For each span and metric COO emits: it
 instrument, its name, the attributes the convention makes ``required``, those it makes
 ``conditionally_required`` (on error, or "when available", which COO always has), and the values
 it fixes. Real spans and metrics are checked: an agent on a real nats-server against the real
-mock LLM, and the sandbox service on a run."""
+mock LLM (with the bus's messaging spans around it, checked against the messaging conventions of
+the same release), and the sandbox service on a run."""
 
 from __future__ import annotations
 
@@ -57,6 +58,17 @@ SPANS = {
         "values": {"gen_ai.operation.name": "chat"},
     },
 }
+
+# ------------------------------------------ v1.41.0, model/messaging/spans.yaml (the bus's spans)
+# attributes.messaging.trace.minimal + messaging.attributes: operation name and system required,
+# operation type "if applicable", destination name for a single message, error.type on error.
+MESSAGING = {
+    SpanKind.PRODUCER: {"operation": "send"},
+    SpanKind.CONSUMER: {"operation": "process"},
+}
+MESSAGING_REQUIRED = {"messaging.operation.name", "messaging.system"}
+MESSAGING_WHEN_APPLICABLE = {"messaging.operation.type", "messaging.destination.name"}
+
 
 # --------------------------------------------------------------- v1.41.0, metrics.yaml
 # metric_attributes.gen_ai: gen_ai.operation.name and gen_ai.provider.name required,
@@ -150,6 +162,18 @@ async def test_agent_spans_and_llm_metrics_follow_the_conventions(env, mock_llm,
     assert len(chats) == 1 and chats[0].parent.span_id == by_mission["m-sc"].context.span_id
     assert chats[0].instrumentation_scope.name != "coo.agent"
     _check_span(chats[0], "chat")
+
+    bus_spans = [s for s in spans.get_finished_spans() if s.kind in MESSAGING]
+    assert {s.kind for s in bus_spans} == set(MESSAGING)
+    for span in bus_spans:
+        attrs = dict(span.attributes)
+        wanted = MESSAGING_REQUIRED | MESSAGING_WHEN_APPLICABLE | ({"error.type"} if span.status.status_code is
+                                                                  StatusCode.ERROR else set())
+        assert not {k for k in wanted if attrs.get(k) in (None, "")}, (span.name, attrs)
+        operation = MESSAGING[span.kind]["operation"]
+        assert attrs["messaging.system"] == "nats" and attrs["messaging.operation.type"] == operation
+        destination = attrs.get("messaging.destination.template", attrs["messaging.destination.name"])
+        assert span.name == f"{attrs['messaging.operation.name']} {destination}"
 
     _check_metric("gen_ai.client.token.usage", errors_seen=False)
     _check_metric("gen_ai.client.operation.duration", errors_seen=False)
