@@ -146,6 +146,20 @@ def test_stdlib_records_take_the_same_way(pipeline):
     assert line["event"] == "connecting with password=[REDACTED:secret]"
     (data,) = exporter.get_finished_logs()
     assert data.log_record.body == line["event"] and data.instrumentation_scope.name == "some.library"
+    assert set(data.log_record.attributes) == {"logger", "level", "service"}
+
+
+def test_a_stdlib_records_own_repr_never_reaches_the_otel_record(pipeline):
+    """structlog's ProcessorFormatter meta keys stay out: the LogRecord's repr holds the message
+    before scrubbing."""
+    configure, _ = pipeline
+    provider, exporter = _provider()
+    configure(provider)
+    logging.getLogger("some.library").warning("connecting with password=hunter2")   # no %-args: in the repr
+    provider.force_flush()
+    (data,) = exporter.get_finished_logs()
+    assert "_record" not in data.log_record.attributes and "_from_structlog" not in data.log_record.attributes
+    assert "hunter2" not in str(dict(data.log_record.attributes)) and "hunter2" not in str(data.log_record.body)
 
 
 def test_a_callers_own_logger_or_trace_id_field_is_scrubbed(pipeline):

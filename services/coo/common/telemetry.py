@@ -209,7 +209,9 @@ class _StaticFields:
 
 
 _PLAIN = (str, bool, int, float)
-_NOT_ATTRIBUTES = frozenset(("event", "timestamp"))   # the record's body and timestamp
+# the record's body and timestamp, and structlog's ProcessorFormatter meta keys (a stdlib line's
+# LogRecord, whose repr holds the unscrubbed message)
+_NOT_ATTRIBUTES = frozenset(("event", "timestamp", "_record", "_from_structlog"))
 _EXPORTING = threading.local()
 
 
