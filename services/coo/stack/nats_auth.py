@@ -162,6 +162,9 @@ def _roles() -> dict[str, Role]:
             publish=_dedupe([
                 *_bucket_owner(T.BUCKET_BUDGET), f"{API}.STREAM.PURGE.{_kv(T.BUCKET_BUDGET)}",
                 *_stream_info(T.STREAM_TIMELINE), f"{T.TIMELINE}.*",
+                # replies to its callers' inboxes: allow_responses covers a reply only on the connection
+                # that received the request; one sent after a reconnect (a NATS node lost) needs this
+                *(inbox_prefix(caller) + ".>" for caller in ("orchestrator", "agent")),
             ]),
             # nats.micro: its endpoints (queue group) and discovery ($SRV.PING|INFO|STATS[.budget[.<id>]])
             subscribe=(budget + "*", "$SRV.*", "$SRV.*.budget", "$SRV.*.budget.*", inbox_prefix("budget") + ".>"),
