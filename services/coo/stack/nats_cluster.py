@@ -66,7 +66,7 @@ def nodes(*, host: str, state: Path, size: int, port: int, monitor_port: int, ro
 
 
 def route_password(state: Path) -> str:
-    """The route password, made once (0600 file, 0700 directory) and reused.
+    """The route password, made once (0600 file, 0700 directory) and reused."""
     path = nats_auth.secrets_dir(state) / f"nats-{ROUTE_USER}.password"
     if not path.exists() or not path.read_text().strip():
         path.parent.mkdir(parents=True, exist_ok=True)
