@@ -93,6 +93,7 @@ def _pause(cluster: NatsCluster, watcher: ProgressWatcher, seconds: float) -> di
     finally:
         victim.resume()
     t_cont = time.time()
+    _wait(lambda: watcher.first_after(t_stop), 60)
     progress = watcher.first_after(t_stop)
     victim.wait_ready(60, current=True)
     return {"what": f"SIGSTOP for {seconds:.0f}s", "victim": victim_name, "leader": leader, "elected": elected,
@@ -149,7 +150,8 @@ def _check_round(name: str, stack: ServiceStack, cluster: NatsCluster, ids: list
                     f"leader in {fmt(f['elected'], 's', 1)}, progress {fmt(f['progress'], 's', 1)}, "
                     f"current {fmt(f['current'], 's', 1)}",
                     note=f"new leader {f['leader'] or 'none (kept its leader)'}; progress = the next mission "
-                         "update after the fault; current = the node back in step after its restart/resume")
+                         "update after the fault (SIGKILL or SIGSTOP); current = the node back in step after its "
+                         "restart or SIGCONT")
     if lost:
         problems.append(f"{name}: lost {lost[:3]}")
     if twice:

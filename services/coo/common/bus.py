@@ -319,6 +319,9 @@ class Bus:
         nc = await nats.connect(
             servers=servers or settings.nats_servers(), name=service,
             max_reconnect_attempts=-1, reconnect_time_wait=0.5, connect_timeout=connect_timeout,
+            # a server that hangs (a paused process, a stalled machine) keeps its socket open: pings
+            # find it out in interval x (outstanding + 1) and the client moves to another server
+            ping_interval=settings.nats_ping_interval_seconds, max_outstanding_pings=settings.nats_max_outstanding_pings,
             allow_reconnect=True, error_cb=error_cb, disconnected_cb=disconnected_cb,
             reconnected_cb=reconnected_cb, closed_cb=closed_cb, **options,
         )

@@ -19,6 +19,11 @@ class CommonSettings(BaseSettings):
 
     nats_url: str = Field("nats://127.0.0.1:4222", description="NATS server URL(s), comma-separated")
     nats_user: str | None = Field(None, description="NATS user of this service")
+    nats_ping_interval_seconds: float = Field(
+        5.0, gt=0, description="how often the connection pings its server (nats-py's default is 120 s)")
+    nats_max_outstanding_pings: int = Field(
+        3, ge=1, description="unanswered pings after which the server counts as gone and the client reconnects "
+        "to another one: a hung server is left within about interval x (this + 1)")
     nats_replicas: int = Field(
         1, ge=1, le=5, description="copies of every stream and KV bucket (1 on one server, 3 on a cluster of three); "
         "changing it on a running system scales them (see docs/operations.md)")
