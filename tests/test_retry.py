@@ -25,11 +25,15 @@ class Fatal(Exception):
 class Recorder:
     """A structlog-like logger: every call as (level, event, fields)."""
 
-    def __init__(self) -> None:
-        self.lines: list[tuple[str, str, dict]] = []
+    def __init__(self, lines: list | None = None, **bound) -> None:
+        self.lines = [] if lines is None else lines
+        self.bound = bound
+
+    def bind(self, **fields) -> Recorder:
+        return Recorder(self.lines, **self.bound, **fields)
 
     def __getattr__(self, level: str):
-        return lambda event, **fields: self.lines.append((level, event, fields))
+        return lambda event, **fields: self.lines.append((level, event, {**self.bound, **fields}))
 
     def events(self, event: str) -> list[dict]:
         return [f for _, e, f in self.lines if e == event]
@@ -269,6 +273,15 @@ def test_backoff_with_a_limit_raises_the_error_once_exhausted():
     with pytest.raises(Lost) as raised:
         backoff.failed(third)
     assert raised.value is third and log.events("retries exhausted")[0]["error"] == "Lost: 3"
+
+
+async def test_bound_fields_are_on_every_line():
+    p, log, _ = policy(attempts=2)
+    fn, _ = failing(5)
+    with pytest.raises(Lost):
+        await p.bind(subject="coo.budget.reserve").call(fn)
+    assert [f["subject"] for _, _, f in log.lines] == ["coo.budget.reserve", "coo.budget.reserve"]
+    assert p.logger is log                     # the policy itself is unchanged
 
 
 def test_describe():

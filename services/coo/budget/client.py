@@ -69,8 +69,8 @@ class BudgetClient:
                                     jitter=0.5, logger=log)
 
     async def _call(self, subject, request, reply_cls, mission_id: str | None, *, policy: Policy | None = None):
-        return await (policy or self._retry).call(self.bus.request, subject, request, reply_cls,
-                                                  mission_id=mission_id or None, timeout=self.timeout)
+        return await (policy or self._retry).bind(subject=subject).call(
+            self.bus.request, subject, request, reply_cls, mission_id=mission_id or None, timeout=self.timeout)
 
     async def reserve(self, reservation_id: str, mission_id: str, model: str, input_tokens: int,
                       max_output_tokens: int, *, ttl_seconds: int = 0, task_id: str = "",

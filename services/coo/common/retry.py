@@ -28,6 +28,7 @@ a compare-and-set that nearly always succeeds at once should not pay.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -75,6 +76,10 @@ class Policy:
             raise ValueError("attempts must be at least 1")
         if self.initial < 0 or self.maximum < 0 or not 0.0 <= self.jitter <= 1.0:
             raise ValueError("waits must not be negative and jitter must lie in [0, 1]")
+
+    def bind(self, **fields: Any) -> Policy:
+        """This policy with ``fields`` on its log lines too (e.g. the subject of a request)."""
+        return dataclasses.replace(self, logger=(self.logger or _log).bind(**fields))
 
     # ------------------------------------------------------------------ the parts
     def delay(self, failures: int) -> float:
