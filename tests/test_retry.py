@@ -192,6 +192,16 @@ async def test_deadline_stops_retrying():
     assert 3 <= len(calls) <= 9 and len(log.events("retries exhausted")) == 1
 
 
+async def test_no_wait_goes_past_the_deadline():
+    p, log, _ = policy(attempts=None, deadline=0.1, initial=10.0, maximum=10.0, jitter=0.0, sleep=None)
+    fn, calls = failing(10_000)
+    started = time.monotonic()
+    with pytest.raises(Lost):
+        await p.call(fn)
+    assert time.monotonic() - started < 1.0 and len(calls) == 2                 # one try at the deadline
+    assert log.events("retrying")[0]["delay_seconds"] <= 0.1
+
+
 def test_invalid_policies_are_refused():
     with pytest.raises(ValueError):
         Policy("x", attempts=0)

@@ -90,6 +90,13 @@ class Policy:
         ceiling = min(self.maximum, self.initial * 2.0 ** min(failures - 1, 64))
         return ceiling * (1.0 - self.jitter * random.random())
 
+    def _wait(self, failures: int, start: float) -> float:
+        """:meth:`delay`, cut to what is left of the deadline: the last try comes at the deadline."""
+        delay = self.delay(failures)
+        if self.deadline is not None:
+            delay = max(0.0, min(delay, start + self.deadline - time.monotonic()))
+        return delay
+
     def retryable(self, exc: BaseException) -> bool:
         if isinstance(exc, tenacity.TryAgain):
             return True
@@ -124,7 +131,7 @@ class Policy:
             return self._exhausted(state.attempt_number + done, start) or bool(stop_event and stop_event.is_set())
 
         def wait(state: tenacity.RetryCallState) -> float:
-            return self.delay(state.attempt_number + done)
+            return self._wait(state.attempt_number + done, start)
 
         def before_sleep(state: tenacity.RetryCallState) -> None:
             last[0] = state.outcome.exception() if state.outcome else None
@@ -163,7 +170,7 @@ class Policy:
             if self._exhausted(1, start):
                 self._gave_up_line(1, start, exc)
                 raise
-            delay = self.delay(1)
+            delay = self._wait(1, start)
             self._retrying_line(1, delay, exc)
         if delay > 0:
             await (self.sleep or asyncio.sleep)(delay)
@@ -202,7 +209,7 @@ class Backoff:
             if exc is not None:
                 raise exc
             raise RuntimeError(f"{p.name}: retries exhausted")
-        delay = p.delay(self.failures)
+        delay = p._wait(self.failures, self._since)
         p._retrying_line(self.failures, delay, exc)
         return delay
 
