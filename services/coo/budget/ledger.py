@@ -441,7 +441,7 @@ class Ledger:
             rec, todo = await _RECORD_RETRY.call(begin)
         except Conflict as exc:
             raise LedgerBusy(f"reservation {rid} contended") from exc
-        if todo is None:
+        if rec is None or todo is None:
             return replies.released(rec, fresh=False), eff
         final = await self._drive(rec, todo[0], eff, todo[1])
         eff.span["coo.cost.usd"] = nusd_to_usd(final.released_nusd)

@@ -24,6 +24,7 @@ from typing import Generic, TypeVar
 
 import nats.js.errors
 from nats.js import JetStreamContext, api
+from nats.js.kv import KeyValue
 
 from coo.budget.model import ScopeState, Step, StepResult
 from coo.common import kvscan, metrics
@@ -94,7 +95,7 @@ class LedgerStore:
         self.keys_max = keys_max
         self.ttl_ok = True
         self.direct = False
-        self.kv = None
+        self.kv: KeyValue | None = None
         self.keys: OrderedDict[str, _KeyQueue] = OrderedDict()   # scope key -> its group commit
         self.stats = {"gets": 0, "writes": 0, "purges": 0, "write_conflicts": 0,
                       "cas_conflicts": 0, "groups": 0, "steps": 0}
@@ -114,13 +115,13 @@ class LedgerStore:
         except nats.js.errors.NotFoundError:
             return None, 0
         if msg.headers and msg.headers.get("KV-Operation") in ("DEL", "PURGE"):
-            return None, msg.seq
-        return msg.data, msg.seq
+            return None, msg.seq or 0
+        return msg.data, msg.seq or 0
 
     async def write(self, key: str, data: bytes, last: int, ttl: float | None = None) -> int:
         """Compare-and-set: succeeds only if the key's latest revision is ``last`` (0: absent)."""
         self.stats["writes"] += 1
-        headers = {api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE: str(last)}
+        headers = {api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE.value: str(last)}
         use_ttl = ttl if (ttl and self.ttl_ok) else None
         try:
             ack = await self.js.publish(self.prefix + key, data, headers=headers, msg_ttl=use_ttl)
@@ -146,7 +147,7 @@ class LedgerStore:
         """A snapshot of the latest values under ``prefix`` (e.g. ``res.>``)."""
         if self.kv is None:
             self.kv = await self.js.key_value(self.bucket)
-        return [(e.key, e.value, e.revision) for e in await kvscan.latest(self.js, self.kv, prefix) if e.value]
+        return [(e.key, e.value, e.revision or 0) for e in await kvscan.latest(self.js, self.kv, prefix) if e.value]
 
     # ------------------------------------------------------------------ group commit
     async def cas(self, key: str, step: Step, ttl: float | None = None) -> StepResult:
