@@ -213,7 +213,7 @@ async def _budget_phase(url: str, tag: str, clients: int, ops_per_client: int, *
 # ------------------------------------------------------------------------ run
 def _replicas(n: int, url: str, endpoint: str, logs: Path) -> list[subprocess.Popen]:
     """``n`` budget services (``python -m coo.budget``) on the server at ``url``, healthy."""
-    from coo.common.natsserver import free_port
+    from tests.natsserver import free_port
 
     procs = []
     try:

@@ -75,7 +75,7 @@ async def _measure(urls: list[str], replicas: int, n: int) -> dict[str, float]:
 
 
 def run(cfg: Config) -> Result:
-    from coo.common.natsserver import NatsCluster, NatsServer
+    from tests.natsserver import NatsCluster, NatsServer
 
     res = Result("cluster", TITLE)
     n = cfg.n(2000, 100)

@@ -143,7 +143,7 @@ def stopwatch() -> Iterator[list[float]]:
 @contextlib.contextmanager
 def nats_server(work_dir: Path) -> Iterator[Any]:
     """A fresh ``nats-server -js`` on a free loopback port, removed afterwards."""
-    from coo.common.natsserver import NatsServer
+    from tests.natsserver import NatsServer
 
     data = Path(tempfile.mkdtemp(prefix="nats-", dir=work_dir))
     server = NatsServer(data_dir=data).start()

@@ -102,8 +102,8 @@ class Stack:
         self.extra_urls: list[str] = []
 
     def __enter__(self) -> "Stack":
-        from coo.common.natsserver import NatsServer
         from tests.harness import ServiceStack
+        from tests.natsserver import NatsServer
 
         self.nats = NatsServer(data_dir=self.root / "nats").start()
         # The harness's NATS users (when it has them) cost nothing measurable; without them the
@@ -123,7 +123,7 @@ class Stack:
     def _add_agent(self, i: int) -> None:
         """Another agent replica: the same command and environment on another port (the
         replicas share the durable consumers, so JetStream spreads the tasks)."""
-        from coo.common.natsserver import free_port
+        from tests.natsserver import free_port
 
         c = self.s.parts["agent"]
         port = free_port()
@@ -266,8 +266,8 @@ def otlp_endpoint(work_dir: Path) -> Iterator[tuple[str, str]]:
     """An OTLP/gRPC endpoint that accepts everything: the project's collector binary
     (``otelcol-coo``, otlp → batch → debug) when it is built, else an in-process gRPC sink.
     Yields (endpoint URL, what it is)."""
-    from coo.common.natsserver import free_port
     from coo.stack.components import tool_path
+    from tests.natsserver import free_port
 
     port = free_port()
     binary, _ = tool_path("otelcol")

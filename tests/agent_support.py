@@ -19,9 +19,9 @@ from coo.agent.service import start
 from coo.agent.settings import AgentSettings
 from coo.common import topology
 from coo.common.bus import Bus
-from coo.common.natsserver import free_port
 from coo.common.service import serve_service
 from coo.v1 import agent_pb2, budget_pb2
+from tests.natsserver import free_port
 
 SECRET_KEY = "sk-test-agentKEY0123456789abcdefDoNotLeak"
 GOAL = "write a function that parses ISO dates, with tests"

@@ -5,16 +5,16 @@ from __future__ import annotations
 import os
 
 import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
 from coo.budget.client import SUBJECT_RELEASE as RELEASE_SUBJECT
 from coo.budget.client import SUBJECT_RESERVE as RESERVE_SUBJECT
 from coo.budget.client import SUBJECT_SETTLE as SETTLE_SUBJECT
 from coo.common.bus import Bus
 from coo.common.config import CommonSettings
-from coo.common.natsserver import NatsServer
 from coo.v1 import budget_pb2
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-
 from tests.agent_support import FakeBudget, Results, Scripted, ThreadServer
+from tests.natsserver import NatsServer
 
 os.environ.setdefault("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")  # never a real collector by accident
 

@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-from coo.common.natsserver import NatsCluster, NatsServer, free_port
+
 from coo.stack import nats_auth
 from coo.stack.components import Component, StackSettings, components
+from tests.natsserver import NatsCluster, NatsServer, free_port
 
 
 def _die_with_parent() -> None:

@@ -35,13 +35,13 @@ from coo.common import topology as T
 from coo.common.bus import Bus
 from coo.common.config import CommonSettings
 from coo.common.declare import declare as declare_topology
-from coo.common.natsserver import NatsServer
 from coo.common.scrub import scrub_text
 from coo.common.secret_patterns import PATTERN_SPECS, PY_FLAGS
 from coo.stack import nats_auth
 from coo.stack.components import StackSettings, components, prepare
 from coo.stack.nats_auth import ROLES, SERVICE_USERS, USERS, NatsAuth, inbox_prefix
 from coo.v1 import agent_pb2, budget_pb2, sandbox_pb2
+from tests.natsserver import NatsServer
 
 REPO = Path(__file__).resolve().parents[1]
 VIOLATION = "Permissions Violation"
@@ -157,7 +157,7 @@ def test_the_stack_gives_each_service_a_user_and_a_password_file(tmp_path):
 
 def test_the_stacks_nats_server_reloads_its_users_without_a_restart(tmp_path):
     """The rotation in docs/security.md: the local stack's nats command, SIGHUP, a new password."""
-    from coo.common.natsserver import free_port
+    from tests.natsserver import free_port
 
     s = StackSettings(state_dir=tmp_path / "state", nats_port=free_port(), nats_monitor_port=free_port())
     prepare(s)

@@ -10,16 +10,15 @@ import sys
 import time
 
 import pytest
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+
 from coo.agent import roles
 from coo.agent.llm import estimate_prompt_tokens, response_format_for
 from coo.agent.service import reservation_id_for
 from coo.agent.settings import AgentSettings
 from coo.budget.client import SUBJECT_SETTLE as SETTLE_SUBJECT
-from coo.common.natsserver import free_port
 from coo.v1 import agent_pb2, common_pb2, mission_pb2, sandbox_pb2
-from opentelemetry import trace
-from opentelemetry.trace import SpanKind
-
 from tests.agent_support import (
     GOAL,
     SECRET_KEY,
@@ -28,6 +27,7 @@ from tests.agent_support import (
     running_agent,
     wait_spans,
 )
+from tests.natsserver import free_port
 
 
 # ----------------------------------------------------------------------------------- tests

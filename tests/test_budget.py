@@ -17,8 +17,8 @@ from coo.budget.service import BudgetService
 from coo.budget.settings import BudgetSettings, ModelPrice
 from coo.common import metrics, timeline
 from coo.common.bus import Bus, ServiceError
-from coo.common.natsserver import free_port
 from coo.v1 import budget_pb2
+from tests.natsserver import free_port
 
 MISSION = budget_pb2.BUDGET_SCOPE_MISSION
 DAILY = budget_pb2.BUDGET_SCOPE_DAILY

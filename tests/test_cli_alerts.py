@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from coo.common.natsserver import free_port
 from coo.stack.components import REPO_ROOT
+from tests.natsserver import free_port
 from tests.procs import serve
 
 ALERTMANAGER = shutil.which("prometheus-alertmanager") or "/usr/bin/prometheus-alertmanager"

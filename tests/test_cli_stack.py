@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from coo.common.natsserver import free_port
+from tests.natsserver import free_port
 from tests.test_stack_e2e import Stack, _wait_trace, stack  # noqa: F401 - `stack` is the module-scoped fixture
 
 pytestmark = pytest.mark.stack

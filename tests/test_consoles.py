@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from coo.common.natsserver import free_port
 from coo.stack import consoles
+from tests.natsserver import free_port
 from tests.procs import serve
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"

@@ -19,7 +19,6 @@ from bench.history import finished_mission, live_mission, seed
 from coo.budget.client import SUBJECT_SET_LIMIT
 from coo.common import timeline, topology
 from coo.common.bus import Bus
-from coo.common.natsserver import NatsServer
 from coo.orchestrator import engine as engine_mod
 from coo.orchestrator import flow
 from coo.orchestrator.engine import AdmissionRefused, Engine, MissionNotFound
@@ -33,6 +32,7 @@ from coo.orchestrator.settings import OrchestratorSettings
 from coo.v1 import budget_pb2
 from coo.v1 import mission_pb2 as M
 from tests.harness import TEST_READ_TOKEN, TEST_TOKEN, ServiceStack
+from tests.natsserver import NatsServer
 
 DONE, FAILED, EXECUTING, PAUSED = (M.MISSION_STATUS_COMPLETED, M.MISSION_STATUS_FAILED, M.MISSION_STATUS_EXECUTING,
                                    M.MISSION_STATUS_PAUSED)

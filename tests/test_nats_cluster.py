@@ -18,9 +18,9 @@ import pytest
 from coo.common import topology
 from coo.common.config import CommonSettings
 from coo.common.declare import declare
-from coo.common.natsserver import free_port
 from coo.stack import nats_auth
 from coo.stack.components import StackSettings, components, prepare
+from tests.natsserver import free_port
 
 
 def _free_run(n: int) -> int:

@@ -15,17 +15,17 @@ import time
 import httpx
 import nats
 import pytest
+from opentelemetry.trace import StatusCode
+
 from coo.common import topology
 from coo.common.bus import Bus
 from coo.common.config import CommonSettings, service_host
-from coo.common.natsserver import free_port
 from coo.common.service import serve_service
 from coo.sandbox.service import SandboxService
 from coo.sandbox.settings import SandboxSettings
 from coo.v1 import common_pb2, sandbox_pb2
-from opentelemetry.trace import StatusCode
-
 from tests.harness import ServiceStack
+from tests.natsserver import free_port
 
 NO_ENGINE = "unix:///nonexistent-coo-test/docker.sock"
 

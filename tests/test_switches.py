@@ -31,9 +31,9 @@ from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from coo.common import topology
 from coo.common.bus import Bus
 from coo.common.config import CommonSettings
-from coo.common.natsserver import NatsServer, free_port
 from coo.v1 import common_pb2, sandbox_pb2
 from tests.harness import TEST_TOKEN, ServiceStack
+from tests.natsserver import NatsServer, free_port
 
 needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None,
                                  reason="bubblewrap is not installed (make test installs it)")

@@ -19,9 +19,9 @@ import nats
 import nats.errors
 import pytest
 
-from coo.common.natsserver import NatsServer
 from coo.stack.nats_auth import SERVICE_USERS
 from tests.harness import ServiceStack
+from tests.natsserver import NatsServer
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
 

@@ -22,13 +22,13 @@ import httpx
 import pytest
 from google.protobuf import message_factory
 from hypothesis import HealthCheck, Phase, given, settings
-from hypothesis.errors import Unsatisfiable
 from hypothesis import strategies as st
+from hypothesis.errors import Unsatisfiable
 
 from coo.common import topology
-from coo.common.natsserver import NatsServer
 from coo.v1 import agent_pb2, budget_pb2, control_pb2, mission_pb2, sandbox_pb2
 from tests.harness import TEST_TOKEN
+from tests.natsserver import NatsServer
 from tests.reliability import helpers
 
 MAX_PAYLOAD = 65_536

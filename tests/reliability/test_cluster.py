@@ -26,8 +26,8 @@ import httpx
 import pytest
 
 from coo.common import topology
-from coo.common.natsserver import NatsCluster, NatsServer
 from tests.harness import ServiceStack
+from tests.natsserver import NatsCluster, NatsServer
 from tests.reliability import helpers
 from tests.reliability.figures import fmt
 from tests.reliability.test_faults import ProgressWatcher

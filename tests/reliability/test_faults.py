@@ -19,8 +19,8 @@ from datetime import datetime
 import httpx
 import pytest
 
-from coo.common.natsserver import NatsServer
 from tests.harness import ServiceStack
+from tests.natsserver import NatsServer
 from tests.reliability import helpers
 from tests.reliability.figures import fmt
 

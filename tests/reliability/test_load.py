@@ -16,8 +16,8 @@ import time
 import httpx
 import pytest
 
-from coo.common.natsserver import NatsServer
 from tests.harness import TEST_TOKEN
+from tests.natsserver import NatsServer
 from tests.reliability import helpers
 from tests.reliability.figures import fmt
 

@@ -20,8 +20,8 @@ from typing import Callable
 import pytest
 
 from coo.common import topology
-from coo.common.natsserver import NatsServer
 from coo.v1 import common_pb2, sandbox_pb2
+from tests.natsserver import NatsServer
 from tests.reliability import helpers
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")

