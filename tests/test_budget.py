@@ -10,12 +10,13 @@ import httpx
 import pytest
 
 from coo.budget import ledger as L
+from coo.budget import metrics
 from coo.budget.client import SUBJECT_RESERVE, SUBJECT_SET_LIMIT, SUBJECT_STATUS, BudgetClient
 from coo.budget.ledger import Ledger
 from coo.budget.pricing import Pricing
 from coo.budget.service import BudgetService
 from coo.budget.settings import BudgetSettings, ModelPrice
-from coo.common import metrics, timeline
+from coo.common import timeline
 from coo.common.bus import Bus, ServiceError
 from coo.v1 import budget_pb2
 from tests.natsserver import free_port

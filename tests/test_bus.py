@@ -206,8 +206,8 @@ def test_metrics_endpoint_speaks_prometheus_and_openmetrics():
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
 
-    from coo.common import metrics
     from coo.common.service import add_ops_routes
+    from coo.sandbox import metrics
 
     metrics.SANDBOX_SECONDS.labels("test").observe(0.5, {"trace_id": "a" * 32})
     app = FastAPI()

@@ -7,7 +7,7 @@ rendered copies, checked with the real tools (promtool, amtool, a real Prometheu
   (services/coo/stack/render.py).
 * Every PromQL expression (alert rules, dashboard panels, dashboard annotations) is run against
   a real Prometheus started here on an empty TSDB: a syntax error is a 400. Every metric it
-  names exists (services/coo/common/metrics.py, mockllm, the collector's own and span metrics),
+  names exists (services/coo/common/metrics.py and each service's metrics.py, mockllm, the collector's own and span metrics),
   with the labels it has.
 * Grafana (Docker only): every dashboard parses, every panel and target uses a provisioned data
   source uid.
@@ -212,11 +212,16 @@ def _known_metrics() -> dict[str, set[str] | None]:
     """name -> label names (None: not checked) of every metric the dashboards and rules may use."""
     from prometheus_client.metrics import MetricWrapperBase
 
-    import coo.common.metrics as coo_metrics
+    import coo.agent.metrics
+    import coo.budget.metrics
+    import coo.common.metrics
     import coo.mockllm.app as mockllm_app
+    import coo.orchestrator.metrics
+    import coo.sandbox.metrics
 
     known: dict[str, set[str] | None] = {}
-    for module in (coo_metrics, mockllm_app):
+    for module in (coo.common.metrics, coo.orchestrator.metrics, coo.agent.metrics, coo.budget.metrics,
+                   coo.sandbox.metrics, mockllm_app):
         for obj in vars(module).values():
             if not isinstance(obj, MetricWrapperBase):
                 continue

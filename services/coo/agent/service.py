@@ -47,11 +47,11 @@ from opentelemetry import trace
 from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
 from opentelemetry.trace import Status, StatusCode
 
-from coo.agent import roles
+from coo.agent import metrics, roles
 from coo.agent.llm import COST_ATTRIBUTE, Completion, LLMClient, LLMError, instrument_openai, response_format_for
 from coo.agent.settings import AgentSettings
 from coo.budget.client import BudgetClient
-from coo.common import metrics, spans, topology
+from coo.common import spans, topology
 from coo.common.bus import Bus, Delivery, InvalidMessage, Retry, ServiceError
 from coo.common.scrub import scrub_text
 from coo.common.service import ServiceContext, run

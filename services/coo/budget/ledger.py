@@ -45,7 +45,7 @@ from typing import Any
 
 from nats.js import JetStreamContext
 
-from coo.budget import replies
+from coo.budget import metrics, replies
 from coo.budget.model import (
     DAILY,
     FINAL,
@@ -97,7 +97,7 @@ from coo.budget.model import (
 from coo.budget.pricing import Pricing, nusd_to_usd, usd_to_nusd
 from coo.budget.settings import BudgetSettings
 from coo.budget.store import KEYS_MAX, Conflict, LedgerBusy, LedgerStore, SharedRead
-from coo.common import metrics, topology
+from coo.common import topology
 from coo.common.retry import Policy
 from coo.common.telemetry import get_logger
 from coo.v1 import budget_pb2

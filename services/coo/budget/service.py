@@ -17,12 +17,12 @@ from typing import Any
 
 from opentelemetry import trace
 
-from coo.budget import client
+from coo.budget import client, metrics
 from coo.budget.ledger import Ledger
 from coo.budget.model import DAILY, MONTHLY, Effects, Limit, ScopeState, day_key, month_key
 from coo.budget.pricing import Pricing, nusd_to_usd
 from coo.budget.settings import BudgetSettings
-from coo.common import metrics, timeline, validate
+from coo.common import timeline, validate
 from coo.common.bus import Bus, InvalidMessage
 from coo.common.service import ServiceContext, run
 from coo.common.telemetry import get_logger

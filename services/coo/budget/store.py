@@ -26,8 +26,9 @@ import nats.js.errors
 from nats.js import JetStreamContext, api
 from nats.js.kv import KeyValue
 
+from coo.budget import metrics
 from coo.budget.model import ScopeState, Step, StepResult
-from coo.common import kvscan, metrics
+from coo.common import kvscan
 from coo.common.retry import Policy
 from coo.common.telemetry import get_logger
 

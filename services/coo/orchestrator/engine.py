@@ -24,12 +24,12 @@ from nats.js.kv import KeyValue
 from opentelemetry import context, propagate, trace
 from opentelemetry.trace import SpanKind
 
-from coo.common import metrics, timeline, topology
+from coo.common import timeline, topology
 from coo.common.bus import Bus, Delivery, InvalidMessage
 from coo.common.retry import Policy
 from coo.common.telemetry import get_logger, trace_exemplar
 from coo.common.workspace import WorkspaceLimits
-from coo.orchestrator import flow
+from coo.orchestrator import flow, metrics
 from coo.orchestrator.history import Key, MissionIndex
 from coo.orchestrator.settings import OrchestratorSettings
 from coo.v1 import agent_pb2, budget_pb2, common_pb2, control_pb2, mission_pb2, sandbox_pb2

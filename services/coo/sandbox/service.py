@@ -17,10 +17,11 @@ from opentelemetry import trace
 from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
 from opentelemetry.trace import Status, StatusCode
 
-from coo.common import kvscan, metrics, spans, topology
+from coo.common import kvscan, spans, topology
 from coo.common.bus import Bus, Delivery, InvalidMessage, Retry
 from coo.common.service import ServiceContext, run
 from coo.common.telemetry import get_logger, trace_exemplar
+from coo.sandbox import metrics
 from coo.sandbox.backends import select_backend
 from coo.sandbox.backends.base import (
     InvalidArtifact,
