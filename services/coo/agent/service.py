@@ -51,7 +51,7 @@ from coo.agent import metrics, roles
 from coo.agent.llm import COST_ATTRIBUTE, Completion, LLMClient, LLMError, instrument_openai, response_format_for
 from coo.agent.settings import AgentSettings
 from coo.budget.client import BudgetClient
-from coo.common import spans, topology
+from coo.common import spans, topology, validate
 from coo.common.bus import Bus, Delivery, InvalidMessage, Retry, ServiceError
 from coo.common.scrub import scrub_text
 from coo.common.service import ServiceContext, run
@@ -122,10 +122,8 @@ class Agent:
 
     # ------------------------------------------------------------------------- checks
     def _validate(self, task: agent_pb2.AgentTask, delivery: Delivery) -> str:
-        if not task.task_id:
-            raise InvalidMessage("AgentTask without task_id")
-        if not task.mission_id:
-            raise InvalidMessage(f"AgentTask {task.task_id} without mission_id")
+        validate.require(task, "task_id", what="AgentTask")
+        validate.require(task, "mission_id", what=f"AgentTask {task.task_id}")
         role = roles.ROLE_NAMES.get(task.role)
         if role is None:
             raise InvalidMessage(f"AgentTask {task.task_id} has no valid role (role={task.role})")
@@ -134,10 +132,9 @@ class Agent:
             raise InvalidMessage(f"AgentTask {task.task_id} for role {role} arrived on {delivery.subject}")
         if role not in self.settings.agent_roles:
             raise InvalidMessage(f"role {role} is not served by this agent")
-        if not task.goal.strip():
-            raise InvalidMessage(f"AgentTask {task.task_id} without goal")
-        if role == "qa" and not task.HasField("sandbox_result"):
-            raise InvalidMessage(f"QA task {task.task_id} without sandbox_result")
+        validate.require(task, "goal", what=f"AgentTask {task.task_id}")
+        if role == "qa":
+            validate.require(task, "sandbox_result", what=f"QA task {task.task_id}")
         return role
 
     # ------------------------------------------------------------------------ handler

@@ -24,7 +24,7 @@ from nats.js.kv import KeyValue
 from opentelemetry import context, propagate, trace
 from opentelemetry.trace import SpanKind
 
-from coo.common import timeline, topology
+from coo.common import timeline, topology, validate
 from coo.common.bus import Bus, Delivery, InvalidMessage
 from coo.common.retry import Policy
 from coo.common.telemetry import get_logger, trace_exemplar
@@ -389,8 +389,7 @@ class Engine:
 
     # ------------------------------------------------------------------ handlers
     async def _on_agent_result(self, r: agent_pb2.AgentResult, delivery: Delivery) -> None:
-        if not r.mission_id or not r.task_id:
-            raise InvalidMessage("agent result without mission_id or task_id")
+        validate.require(r, "mission_id", "task_id", what="agent result")
         if r.role not in (common_pb2.ROLE_COO, common_pb2.ROLE_ENGINEER, common_pb2.ROLE_QA):
             raise InvalidMessage(f"agent result with unknown role {r.role}")
         # coo_task_duration_seconds is the agent's (role, outcome): observed there once per task
@@ -398,14 +397,12 @@ class Engine:
                           redelivered=delivery.num_delivered > 1)
 
     async def _on_sandbox_result(self, r: sandbox_pb2.SandboxResult, delivery: Delivery) -> None:
-        if not r.mission_id or not r.run_id:
-            raise InvalidMessage("sandbox result without mission_id or run_id")
+        validate.require(r, "mission_id", "run_id", what="sandbox result")
         await self._apply(r.mission_id, lambda m: flow.on_sandbox_result(m, r, self.policy),
                           redelivered=delivery.num_delivered > 1)
 
     async def _on_control(self, c: control_pb2.Control, delivery: Delivery) -> None:
-        if not c.mission_id:
-            raise InvalidMessage("control message without mission_id")
+        validate.require(c, "mission_id", what="control message")
         if c.action not in control_pb2.ControlAction.values() or c.action == control_pb2.CONTROL_ACTION_UNSPECIFIED:
             raise InvalidMessage(f"unknown control action {c.action}")
         parked: list[tuple[bytes, str]] = []

@@ -17,7 +17,7 @@ from opentelemetry import trace
 from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
 from opentelemetry.trace import Status, StatusCode
 
-from coo.common import kvscan, spans, topology
+from coo.common import kvscan, spans, topology, validate
 from coo.common.bus import Bus, Delivery, InvalidMessage, Retry
 from coo.common.service import ServiceContext, run
 from coo.common.telemetry import get_logger, trace_exemplar
@@ -120,8 +120,7 @@ class SandboxService:
                                mission_id=r.mission_id)
 
     async def handle(self, run_msg: sandbox_pb2.SandboxRun, delivery: Delivery) -> None:
-        if not run_msg.run_id or not run_msg.mission_id:
-            raise InvalidMessage("sandbox run without run_id or mission_id")
+        validate.require(run_msg, "run_id", "mission_id", what="sandbox run")
         key = run_msg.run_id
         try:
             entry = await self.kv.get(key)
