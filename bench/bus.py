@@ -154,7 +154,7 @@ async def _consume_raw(js, spec, sink: _Sink, batch: int) -> None:
         while True:
             try:
                 msgs = await sub.fetch(batch, timeout=1.0)
-            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+            except (TimeoutError, nats.errors.TimeoutError):
                 continue
             for msg in msgs:
                 agent_pb2.AgentTask().ParseFromString(msg.data)

@@ -268,11 +268,12 @@ def run(cfg: Config) -> Result:
             result.add(f"{what}, {label[n]} finished missions", value, base[key] * 1e3, "ms",
                        ratio(value, base[key] * 1e3), f"x {label[sizes[0]]}", f"{label[sizes[0]]} finished missions",
                        goal=1.2 if n == sizes[-1] else None, higher_is_better=False)
-    result.details = {f"{n} finished": {k: (round(v, 6) if isinstance(v, float) else v) for k, v in table[str(n)].items()}
+    result.details = {f"{n} finished": {k: (round(v, 6) if isinstance(v, float) else v)
+                                        for k, v in table[str(n)].items()}
                       for n in sizes}
+    per_second = round(out["seeded"] / out["seed_seconds"]) if out["seed_seconds"] else None
     result.details["seeding"] = {"missions": out["seeded"] + LIVE, "seconds": round(out["seed_seconds"], 2),
-                                 "per_second": round(out["seeded"] / out["seed_seconds"]) if out["seed_seconds"] else None,
-                                 "record_bytes": out["record_bytes"]}
+                                 "per_second": per_second, "record_bytes": out["record_bytes"]}
     result.series["ms"] = {"finished missions": list(sizes),
                            **{k: [table[str(n)][f"{k}_s"] * 1e3 for n in sizes]
                               for k in ("list", "get", "admission", "housekeeping")}}
@@ -285,7 +286,8 @@ def run(cfg: Config) -> Result:
                         "alone, random keys, took " + ", ".join(
                             f"{label[n]} {table[str(n)]['kv_get_s'] * 1e3:.3f} ms" for n in sizes)
                         + " (nats-server's lookup in a stream of that many subjects)")
-    scans = [f"{label[n]} {table[str(n)]['full_scan_s'] * 1e3:,.0f} ms" for n in sizes if "full_scan_s" in table[str(n)]]
+    scans = [f"{label[n]} {table[str(n)]['full_scan_s'] * 1e3:,.0f} ms"
+             for n in sizes if "full_scan_s" in table[str(n)]]
     if scans:
         result.notes.append("the read before the index (every key, then every mission one by one), which every "
                             "list, admission and 5-second housekeeping paid: " + ", ".join(scans))

@@ -47,7 +47,7 @@ def ratios(run: dict, path: Path) -> Path | None:
     ax.set_xscale("log")
     ax.axvline(1.0, color="grey", lw=0.8, ls=":")
     lo = min(r[1] for r in rows)
-    ax.set_xlim(lo / 2, max(max(r[1] for r in rows), 1) * 8)
+    ax.set_xlim(lo / 2, max(*(r[1] for r in rows), 1) * 8)
     ax.set_title("Each figure against its baseline in the same run (black tick: goal; green met, red missed)",
                  fontsize=9)
     return _save(fig, path)

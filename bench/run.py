@@ -55,11 +55,11 @@ def _spawn(name: str, smoke: bool, tmp: Path) -> dict:
     work = tmp / name
     work.mkdir(exist_ok=True)
     cmd = [sys.executable, "-m", "bench.run", "--worker", name, "--result", str(result_file),
-           "--work-dir", str(work)] + (["--smoke"] if smoke else [])
+           "--work-dir", str(work), *(["--smoke"] if smoke else [])]
     started = time.perf_counter()
     with open(log_file, "wb") as log:
         try:
-            proc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+            proc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=False,
                                   timeout=TIMEOUT["smoke" if smoke else "full"])
             code = proc.returncode
         except subprocess.TimeoutExpired:
@@ -99,7 +99,7 @@ HEADER = ["benchmark", "figure", "value", "baseline (same run)", "ratio", "goal"
 
 
 def print_table(results: list[dict]) -> None:
-    table = [HEADER] + rows(results)
+    table = [HEADER, *rows(results)]
     widths = [max(len(r[i]) for r in table) for i in range(len(HEADER))]
     for i, row in enumerate(table):
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown benchmark(s) {unknown}; choose from {', '.join(BENCHMARKS)}")
 
     started = time.perf_counter()
-    date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
+    date = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
     results = []
     with tempfile.TemporaryDirectory(prefix="coo-bench-") as tmp:
         for name in names:

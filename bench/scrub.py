@@ -109,7 +109,8 @@ def _pem(c: Corpus) -> str:
 
 
 def _jwt(c: Corpus) -> str:
-    return "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9." + "eyJ" + c.s(_URLSAFE, c.r.randint(40, 120)) + "." + c.s(_URLSAFE, 43)
+    return ("eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9." + "eyJ" + c.s(_URLSAFE, c.r.randint(40, 120)) + "."
+            + c.s(_URLSAFE, 43))
 
 
 _SECRET_MAKERS = {
@@ -152,7 +153,7 @@ def _json_line(c: Corpus, event: str, **fields) -> str:
 
 
 # (kind, the environment variable that usually holds it): pairs, so no line here reads like "key": "value"
-_ENV_NAMES = dict([
+_ENV_NAMES = dict([  # noqa: C406 - pairs, so no line reads like "key": "value" to a secret scanner
     ("openai_key", "OPENAI_API_KEY"), ("anthropic_key", "ANTHROPIC_API_KEY"), ("github_token", "GITHUB_TOKEN"),
     ("github_pat", "GH_TOKEN"), ("gitlab_token", "GITLAB_TOKEN"), ("aws_access_key", "AWS_ACCESS_KEY_ID"),
     ("slack_token", "SLACK_BOT_TOKEN"), ("stripe_key", "STRIPE_SECRET_KEY"), ("gcp_api_key", "GOOGLE_API_KEY"),
@@ -220,12 +221,16 @@ _CONTEXTS = {
 
 
 # ---------------------------------------------------------------------- clean records
-_WORDS = ("the agent plan task mission result sandbox run budget reserve settle release model tokens "
-          "completed failed retry queue consumer stream subject timeline event pause resume cancel "
-          "approve orchestrator engineer review verdict artifact file test passed output request reply "
-          "latency cost limit daily monthly scope ledger key value bucket revision trace span parent "
-          "child export batch collector metric counter histogram gauge label exemplar author commit "
-          "branch merge deploy config option default session cookie flag header count max input").split()
+_WORDS = (
+    "the", "agent", "plan", "task", "mission", "result", "sandbox", "run", "budget", "reserve", "settle",
+    "release", "model", "tokens", "completed", "failed", "retry", "queue", "consumer", "stream", "subject",
+    "timeline", "event", "pause", "resume", "cancel", "approve", "orchestrator", "engineer", "review",
+    "verdict", "artifact", "file", "test", "passed", "output", "request", "reply", "latency", "cost", "limit",
+    "daily", "monthly", "scope", "ledger", "key", "value", "bucket", "revision", "trace", "span", "parent",
+    "child", "export", "batch", "collector", "metric", "counter", "histogram", "gauge", "label", "exemplar",
+    "author", "commit", "branch", "merge", "deploy", "config", "option", "default", "session", "cookie",
+    "flag", "header", "count", "max", "input",
+)
 _LOGGERS = ("coo.agent", "coo.orchestrator", "coo.bus", "coo.budget", "coo.sandbox", "coo.mockllm",
             "uvicorn.error", "httpx", "openai._base_client", "coo.timeline")
 _SERVICES = ("agent", "orchestrator", "budget", "sandbox", "mockllm")
@@ -274,7 +279,8 @@ def _clean_httpx(c: Corpus) -> str:
 def _clean_traceback(c: Corpus) -> str:
     r = c.r
     mod = r.choice(["agent/roles.py", "orchestrator/engine.py", "common/bus.py", "budget/ledger.py"])
-    return f'  File "/work/main/services/coo/{mod}", line {r.randint(10, 700)}, in {r.choice(_WORDS)}_{r.choice(_WORDS)}'
+    line = r.randint(10, 700)
+    return f'  File "/work/main/services/coo/{mod}", line {line}, in {r.choice(_WORDS)}_{r.choice(_WORDS)}'
 
 
 def _clean_prose(c: Corpus) -> str:

@@ -101,7 +101,7 @@ class Stack:
         self.extra: list[subprocess.Popen] = []
         self.extra_urls: list[str] = []
 
-    def __enter__(self) -> "Stack":
+    def __enter__(self) -> Stack:
         from tests.harness import ServiceStack
         from tests.natsserver import NatsServer
 
@@ -130,12 +130,11 @@ class Stack:
         env = self.s._env(c)
         env["COO_AGENT_PORT"] = str(port)
         env["COO_DATA_DIR"] = str(self.root / "data" / f"agent-{i}")
-        log = open(self.root / "logs" / f"agent-{i}.log", "ab")
         from tests.harness import _die_with_parent
 
-        proc = subprocess.Popen(c.command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                preexec_fn=_die_with_parent)
-        log.close()
+        with open(self.root / "logs" / f"agent-{i}.log", "ab") as log:
+            proc = subprocess.Popen(c.command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                    preexec_fn=_die_with_parent)  # noqa: PLW1509 - PR_SET_PDEATHSIG has no other hook
         self.extra.append(proc)
         url = f"http://127.0.0.1:{port}"
         self.extra_urls.append(url)
@@ -177,7 +176,7 @@ class Stack:
 
     def llm_seconds(self) -> float:
         """Seconds the agents spent in LLM calls so far (their histogram's sum)."""
-        return self._metric_sum([self.s.url("agent")] + self.extra_urls, "coo_llm_request_duration_seconds_sum")
+        return self._metric_sum([self.s.url("agent"), *self.extra_urls], "coo_llm_request_duration_seconds_sum")
 
     def sandbox_seconds(self) -> float:
         return self._metric_sum([self.s.url("sandbox")], "coo_sandbox_run_duration_seconds_sum")
@@ -274,10 +273,9 @@ def otlp_endpoint(work_dir: Path) -> Iterator[tuple[str, str]]:
     if binary:
         cfg = Path(tempfile.mkdtemp(prefix="otelcol-", dir=work_dir)) / "config.yaml"
         cfg.write_text(COLLECTOR_CONFIG.format(port=port))
-        log = open(cfg.parent / "otelcol.log", "ab")
-        proc = subprocess.Popen([binary, "--config", str(cfg)], stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-        log.close()
+        with open(cfg.parent / "otelcol.log", "ab") as log:
+            proc = subprocess.Popen([binary, "--config", str(cfg)], stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
         try:
             _wait_port(port, proc)
             yield f"http://127.0.0.1:{port}", "a local collector (otelcol-coo: otlp → batch → debug)"
@@ -315,11 +313,11 @@ def _grpc_sink(port: int) -> Iterator[None]:
     from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
     class Traces(trace_service_pb2_grpc.TraceServiceServicer):
-        def Export(self, request, context):  # noqa: N802 - gRPC's name
+        def Export(self, request, context):
             return trace_service_pb2.ExportTraceServiceResponse()
 
     class Logs(logs_service_pb2_grpc.LogsServiceServicer):
-        def Export(self, request, context):  # noqa: N802
+        def Export(self, request, context):
             return logs_service_pb2.ExportLogsServiceResponse()
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))

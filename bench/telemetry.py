@@ -45,7 +45,7 @@ def events(n: int, seed: int = 7) -> list[tuple[str, str, str, dict]]:
         return "".join(r.choices("0123456789abcdef", k=k))
 
     out = []
-    for i in range(n):
+    for _ in range(n):
         kind = r.random()
         if kind < 0.35:
             item = ("coo.agent", "info", "llm call finished",

@@ -498,7 +498,7 @@ def _starts(items: list[Node]) -> tuple[str, ...] | None:
 
 
 def _leading(items: list[Node], run: set[str]) -> set[str]:
-    for i, x in enumerate(items):
+    for x in items:
         if x.kind == "anchor" and run == {""}:
             continue
         exact = _exact(x)

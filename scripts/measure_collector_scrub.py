@@ -30,13 +30,13 @@ import uuid
 from pathlib import Path
 from typing import Any, cast
 
+import httpx
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "services")]
 
-import httpx
-
-from bench.scrub import Corpus
-from tests.test_secret_corpus import _send
+from bench.scrub import Corpus  # noqa: E402 - needs the repository root on sys.path first
+from tests.test_secret_corpus import _send  # noqa: E402 - needs the repository root on sys.path first
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
