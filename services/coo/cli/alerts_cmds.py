@@ -111,7 +111,8 @@ def alerts(since: str = typer.Option("1h", "--since", callback=validate_since,
            json_out: bool = typer.Option(False, "--json", help="One JSON object on stdout.")) -> None:
     """Firing alerts (Alertmanager's API v2) and alerts that fired recently (Prometheus), with runbooks."""
     after = since_option(since)
-    assert after is not None  # --since has a default
+    if after is None:  # cannot happen: --since has a default
+        raise typer.BadParameter("a window is needed", param_hint="--since")
     window_s = int((datetime.now(UTC) - after).total_seconds())
     if window_s <= 0:
         raise typer.BadParameter("the window must start in the past", param_hint="--since")

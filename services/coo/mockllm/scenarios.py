@@ -44,7 +44,7 @@ log = structlog.get_logger(__name__)
 
 #: The canary echoed by ``echo-secret`` when the goal gives none: shaped like an OpenAI
 #: project key so that scrubbers have something realistic to catch. It is not a real key.
-DEFAULT_SECRET = "sk-proj-MOCKcanaryDoNotUse0f3a9c1d27b64e80a5c9d13b7e2f46"
+DEFAULT_SECRET = "sk-proj-MOCKcanaryDoNotUse0f3a9c1d27b64e80a5c9d13b7e2f46"  # noqa: S105 - a canary, no credential
 
 DEFAULT_SLOW_SECONDS = 2.0
 MAX_SLOW_SECONDS = 300.0
@@ -151,8 +151,8 @@ def _apply(sc: Scenario, name: str, value: str | None) -> Scenario:
 def parse_defaults(spec: str | None) -> Scenario:
     """Parse ``COO_MOCKLLM_SCENARIO`` ("slow=0.5,flaky,echo-secret")."""
     sc = Scenario()
-    for part in (spec or "").split(","):
-        part = part.strip()
+    for raw in (spec or "").split(","):
+        part = raw.strip()
         if part.startswith("[mock:") and part.endswith("]"):
             part = part[len("[mock:"):-1]
         if not part:

@@ -169,7 +169,8 @@ def _render_values(p: Panel) -> str:
         out.append(
             f"  {{{{ with query {q} }}}}{{{{ range . }}}}<div class=\"coo-value\">"
             f"<span class=\"coo-legend\">{_legend_template(t.legend)}</span> "
-            f"<a class=\"coo-number\" href=\"{{{{ pathPrefix }}}}{{{{ graphLink {q} }}}}\">{_value_template(p.unit)}</a>"
+            f"<a class=\"coo-number\" href=\"{{{{ pathPrefix }}}}{{{{ graphLink {q} }}}}\">"
+            f"{_value_template(p.unit)}</a>"
             f"</div>{{{{ end }}}}{{{{ else }}}}<div class=\"coo-nodata\">no data</div>{{{{ end }}}}\n")
     out.append("  </div>\n</section>\n")
     return "".join(out)
@@ -182,7 +183,8 @@ def _render_table(p: Panel) -> str:
         out.append(
             '  <table class="table table-sm coo-series">\n'
             f"  {{{{ range query {q} }}}}<tr><td>{{{{ range $k, $v := .Labels }}}}"
-            "{{ if ne $k \"__name__\" }}<span class=\"coo-label\">{{ $k }}=<b>{{ $v }}</b></span> {{ end }}{{ end }}</td>"
+            "{{ if ne $k \"__name__\" }}<span class=\"coo-label\">{{ $k }}=<b>{{ $v }}</b></span> {{ end }}"
+            "{{ end }}</td>"
             f"<td class=\"coo-number\">{_value_template(p.unit)}</td></tr>"
             "{{ else }}<tr><td class=\"coo-nodata\">no data</td></tr>{{ end }}\n"
             "  </table>\n")
