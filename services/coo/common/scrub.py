@@ -93,9 +93,9 @@ import itertools
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from functools import lru_cache
-from typing import IO, Any
+from typing import IO, Any, TypeAlias
 
 from coo.common.secret_patterns import (
     _KEY_WORDS,
@@ -107,6 +107,7 @@ from coo.common.secret_patterns import (
     PY_FLAGS,
     SECRET_KEY_PATTERN,
     SECRET_PATTERNS,
+    PatternSpec,
     marker,
     python_template,
 )
@@ -142,15 +143,18 @@ _MIN_MATCH = 5      # the shortest text any pattern matches ("pwd=x"); tested ag
 # hide inside an earlier match (``passecret``: ``pass`` consumes the start of ``secret``); only
 # those that can overlap a found one (:data:`_HIDDEN_BY`) are then tested with ``in``.
 
-def _trie_source(words) -> str:
-    trie: dict = {}
+_Trie: TypeAlias = dict[str, "_Trie"]
+
+
+def _trie_source(words: Iterable[str]) -> str:
+    trie: _Trie = {}
     for w in words:
         node = trie
         for ch in w:
             node = node.setdefault(ch, {})
         node[""] = {}
 
-    def emit(node) -> str:
+    def emit(node: _Trie) -> str:
         alts = [re.escape(ch) + emit(node[ch]) for ch in sorted(k for k in node if k)]
         if not alts:
             return ""
@@ -160,7 +164,11 @@ def _trie_source(words) -> str:
     return emit(trie)
 
 
-def _split(words):
+#: A rule's any-of condition: (multi-character substrings, single characters).
+_Cond: TypeAlias = tuple[frozenset[str], tuple[str, ...]]
+
+
+def _split(words: tuple[str, ...] | None) -> _Cond | None:
     """(frozenset of multi-character substrings, tuple of single characters), or None."""
     if words is None:
         return None
@@ -179,15 +187,15 @@ _HIDDEN_BY = {
 
 
 _WORD_CHARS = tuple((w, frozenset(w)) for w in _WORDS)
-_NOTHING: frozenset = frozenset()
+_NOTHING: frozenset[str] = frozenset()
 # frozenset of the words findall returned -> (those words with their prefixes, words that could
 # hide inside them and are not known yet). Bounded: cleared when full.
-_FOUND_MEMO: dict = {}
+_FOUND_MEMO: dict[frozenset[str], tuple[frozenset[str], tuple[str, ...]]] = {}
 _MAX_MEMO = 4096
 
 
-def _closure(words) -> frozenset:
-    return frozenset().union(*(_PREFIXES[w] for w in words))
+def _closure(words: Iterable[str]) -> frozenset[str]:
+    return _NOTHING.union(*(_PREFIXES[w] for w in words))
 
 
 #: Past this length a text is searched word by word (C substring search) instead of by the trie
@@ -195,7 +203,7 @@ def _closure(words) -> frozenset:
 _LONG_TEXT = 16_384
 
 
-def _found(low: str) -> frozenset:
+def _found(low: str) -> frozenset[str]:
     """The multi-character trigger words present in ``low`` (exactly)."""
     if len(low) > _LONG_TEXT:
         chars = set(low)
@@ -247,7 +255,7 @@ class _Rule:
         "trig",
     )
 
-    def __init__(self, spec, idx: int, gates: dict):
+    def __init__(self, spec: PatternSpec, idx: int, gates: dict[str, re.Pattern[str]]) -> None:
         rx = re.compile(spec.regex, PY_FLAGS)
         self.name = spec.name
         self.sub = rx.sub
@@ -262,7 +270,7 @@ class _Rule:
         # One compiled gate per source, shared by the rules that use it (one result per text, cached
         # under gate_id: a compiled pattern hashes its whole program, too slow for a dict key).
         self.gate = None if spec.gate is None else gates.setdefault(spec.gate, re.compile(spec.gate, PY_FLAGS))
-        self.gate_id = None if spec.gate is None else list(gates).index(spec.gate)
+        self.gate_id = -1 if spec.gate is None else list(gates).index(spec.gate)   # -1: no gate (never read)
         self.gate_at_start = spec.gate_at_start
         self.bucket = spec.gate_bucket
         # Gate-only rules (no trigger words): first tested all together, see _PRESENCE.
@@ -271,8 +279,8 @@ class _Rule:
         self.starts = spec.starts
 
 
-def _compile_rules(specs) -> tuple[_Rule, ...]:
-    gates: dict = {}
+def _compile_rules(specs: Iterable[PatternSpec]) -> tuple[_Rule, ...]:
+    gates: dict[str, re.Pattern[str]] = {}
     return tuple(_Rule(s, i, gates) for i, s in enumerate(specs))
 
 
@@ -293,11 +301,14 @@ _KEY_WORDS_FULL = re.compile(_KEY_WORDS, PY_FLAGS).fullmatch   # on lower-cased 
 
 # found words -> the plan for a text with those words: (rule, single characters of which one
 # must occur or None, same for requires) for each rule (PEM excluded) that can still apply.
-_PLANS: tuple[dict, dict] = ({}, {})
+#: One step of a plan: (rule, characters still to test for its triggers, same for its requires).
+_Step: TypeAlias = tuple[_Rule, tuple[str, ...] | None, tuple[str, ...] | None]
+_Plan: TypeAlias = tuple[_Step, ...]
+_PLANS: tuple[dict[frozenset[str], _Plan], dict[frozenset[str], _Plan]] = ({}, {})
 _MAX_PLANS = 4096
 
 
-def _conds_left(cond, found: frozenset):
+def _conds_left(cond: _Cond | None, found: frozenset[str]) -> tuple[str, ...] | None:
     """None when ``cond`` already holds given ``found``; the characters still to test otherwise
     (an empty tuple: cannot hold)."""
     if cond is None or not cond[0].isdisjoint(found):
@@ -305,13 +316,13 @@ def _conds_left(cond, found: frozenset):
     return cond[1]
 
 
-def _plan(found: frozenset, pii: bool) -> tuple:
+def _plan(found: frozenset[str], pii: bool) -> _Plan:
     plans = _PLANS[pii]
     plan = plans.get(found)
     if plan is None:
         if len(plans) >= _MAX_PLANS:
             plans.clear()
-        steps = []
+        steps: list[_Step] = []
         for r in (_ALL_RULES if pii else _SECRET_RULES)[1:]:
             t = _conds_left(r.trig, found)
             q = _conds_left(r.req, found)
@@ -322,7 +333,7 @@ def _plan(found: frozenset, pii: bool) -> tuple:
     return plan
 
 
-def _any_in(chars, low: str) -> bool:
+def _any_in(chars: Iterable[str], low: str) -> bool:
     for ch in chars:
         if ch in low:
             return True
@@ -339,11 +350,12 @@ def _inner_offsets(word: str) -> tuple[int, ...]:
 _JSON_LITERAL_START = frozenset("-0123456789tfn")
 _BUCKETS_BY_CHAR = {'"': ("dq",), "'": ("sq",), "\\": ("edq", "bare")}
 _BARE = ("bare",)
-_NO_BUCKETS: dict = {}
+_Buckets: TypeAlias = dict[str | None, list[int]]
+_NO_BUCKETS: _Buckets = {}
 _JSON_OR_BARE = ("json", "bare")
 
 
-def _gate_positions(gate, low: str) -> dict:
+def _gate_positions(gate: re.Pattern[str], low: str) -> _Buckets:
     r"""Every position where a start-anchored ``gate`` matches in ``low``, as
     ``{bucket: ascending positions}``.
 
@@ -360,7 +372,7 @@ def _gate_positions(gate, low: str) -> dict:
     first = next(matches, None)
     if first is None:
         return _NO_BUCKETS
-    buckets: dict = {"dq": [], "edq": [], "sq": [], "json": [], "bare": []}
+    buckets: _Buckets = {"dq": [], "edq": [], "sq": [], "json": [], "bare": []}
     extra = False
     by_char = _BUCKETS_BY_CHAR
     for m in itertools.chain((first,), matches):
@@ -380,8 +392,8 @@ def _gate_positions(gate, low: str) -> dict:
             for name in names:
                 buckets[name].extend(start + off for off in inner)
     if extra:
-        for name, positions in buckets.items():
-            buckets[name] = sorted(set(positions))
+        for bucket, positions in buckets.items():
+            buckets[bucket] = sorted(set(positions))
     return buckets
 
 
@@ -427,7 +439,7 @@ def _sub_at(rule: _Rule, text: str, positions: list[int]) -> str:
     return "".join(out)
 
 
-def _apply(text: str, low: str, plan: tuple, pii: bool) -> str:
+def _apply(text: str, low: str, plan: _Plan, pii: bool) -> str:
     """Apply a plan, in order, to one line (or to any text, once PEM is done)."""
     gates: dict[int, Any] | None = None
     presence = None
@@ -550,7 +562,7 @@ def is_secret_key(name: str) -> bool:
 _SCALARS = (int, float, bool, complex, type(None))
 
 
-def _scrub_str(s: str, pii: bool, active: set, depth: int) -> Any:
+def _scrub_str(s: str, pii: bool, active: set[int], depth: int) -> Any:
     # A string that is itself a JSON object/array: scrub its structure (secret-named keys redacted
     # wholesale) and re-serialise, or return it untouched when nothing changed.
     first = s[:1]
@@ -569,14 +581,14 @@ def _scrub_str(s: str, pii: bool, active: set, depth: int) -> Any:
     return scrub_text(s, pii=pii)
 
 
-def _rebuild(obj, items, fallback):
+def _rebuild(obj: Any, items: Any, fallback: Callable[[Any], Any]) -> Any:
     try:
         return type(obj)(items)
     except Exception:  # noqa: BLE001 - odd subclasses: give back the plain container
         return fallback(items)
 
 
-def _scrub(obj: Any, pii: bool, active: set, depth: int) -> Any:
+def _scrub(obj: Any, pii: bool, active: set[int], depth: int) -> Any:
     t = type(obj)
     if t is str:
         return _scrub_str(obj, pii, active, depth)
@@ -657,8 +669,11 @@ PII_FROM_ENV = _env_true(os.environ.get("COO_SCRUB_PII"))
 # unchanged are kept, so no secret is held here; bounded: cleared when full.
 _CLEAN_MAX_LEN = 256
 _CLEAN_MAX = 4096
-_CLEAN: tuple[set, set] = (set(), set())
-_SECRET_KEY: dict = {}     # field name -> is_secret_key(name), same bound
+_CLEAN: tuple[set[str], set[str]] = (set(), set())
+_SECRET_KEY: dict[str, bool] = {}     # field name -> is_secret_key(name), same bound
+
+#: structlog's event dict (structlog.typing.EventDict, spelled out: this module does not import structlog)
+EventDict: TypeAlias = MutableMapping[str, Any]
 
 
 def _is_secret_field(key: Any) -> bool:
@@ -672,7 +687,7 @@ def _is_secret_field(key: Any) -> bool:
     return secret
 
 
-def structlog_processor(logger: Any, method_name: str, event_dict: dict) -> dict:
+def structlog_processor(logger: Any, method_name: str, event_dict: EventDict) -> EventDict:
     """structlog processor: scrubs every value of the event dict in place (secret-named keys are
     replaced wholesale) and returns it. Put it after ``format_exc_info`` so tracebacks are scrubbed."""
     pii = PII_FROM_ENV
@@ -731,7 +746,7 @@ def _scrub_line(line: str, pii: bool) -> str:
     return scrub_text(line, pii=pii)
 
 
-def scrub_stream(infile: IO, outfile: IO, *, pii: bool = False) -> int:
+def scrub_stream(infile: Iterable[str | bytes | bytearray], outfile: IO[str], *, pii: bool = False) -> int:
     """Copy ``infile`` to ``outfile`` line by line, scrubbed; returns the number of lines read.
 
     A multi-line PEM private-key block is buffered from its BEGIN line to its END line (at most

@@ -27,11 +27,13 @@ import os
 import socket
 import sys
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import Any, TextIO
 from urllib.parse import urlparse
 
 import orjson
@@ -40,18 +42,19 @@ from opentelemetry import trace
 
 # The logs signal is still in development upstream: its API and SDK live in the ``_logs`` packages,
 # which are its documented entry points (only their public, exported names are used here).
-from opentelemetry._logs import SeverityNumber, set_logger_provider
+from opentelemetry._logs import Logger, SeverityNumber, set_logger_provider
 from opentelemetry.processor.baggage import BaggageSpanProcessor
-from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs import LoggerProvider, ReadableLogRecord
 from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, LogRecordExporter, LogRecordExportResult
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import (
     BatchSpanProcessor,
     SimpleSpanProcessor,
     SpanExporter,
     SpanExportResult,
 )
+from structlog.typing import EventDict, FilteringBoundLogger, Processor, WrappedLogger
 
 from coo import __version__
 from coo.common.scrub import structlog_processor as scrub_processor
@@ -133,7 +136,7 @@ class _QuietSpanExporter(SpanExporter):
         self.inner = inner
         self._state = _REACHABILITY
 
-    def export(self, spans):
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         result = self.inner.export(spans)
         (self._state.ok if result is SpanExportResult.SUCCESS else self._state.failed)()
         return result
@@ -150,13 +153,13 @@ class _QuietLogExporter(LogRecordExporter):
         self.inner = inner
         self._state = _REACHABILITY
 
-    def export(self, batch):
+    def export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
         result = self.inner.export(batch)
         (self._state.ok if result is LogRecordExportResult.SUCCESS else self._state.failed)()
         return result
 
     def shutdown(self) -> None:
-        self.inner.shutdown()
+        self.inner.shutdown()  # type: ignore[no-untyped-call]  # the SDK leaves LogRecordExporter.shutdown unannotated
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return self.inner.force_flush(timeout_millis)
@@ -190,7 +193,7 @@ def _resource(service: str) -> Resource:
 
 # ---------------------------------------------------------------- structlog processors
 
-def _add_trace_context(_logger, _name, event: dict) -> dict:
+def _add_trace_context(_logger: WrappedLogger, _name: str, event: EventDict) -> EventDict:
     ctx = trace.get_current_span().get_span_context()
     if ctx.is_valid:
         event.setdefault("trace_id", format(ctx.trace_id, "032x"))
@@ -202,7 +205,7 @@ def _add_trace_context(_logger, _name, event: dict) -> dict:
 class _StaticFields:
     fields: dict[str, Any]
 
-    def __call__(self, _logger, _name, event: dict) -> dict:
+    def __call__(self, _logger: WrappedLogger, _name: str, event: EventDict) -> EventDict:
         for key, value in self.fields.items():
             event.setdefault(key, value)
         return event
@@ -250,15 +253,15 @@ class _ExportToOtel:
     """
 
     provider: LoggerProvider
-    _loggers: dict[str, Any] = field(default_factory=dict)
+    _loggers: dict[str, Logger] = field(default_factory=dict)
 
-    def _logger(self, name: str):
+    def _logger(self, name: str) -> Logger:
         otel_logger = self._loggers.get(name)
         if otel_logger is None:
             otel_logger = self._loggers[name] = self.provider.get_logger(name)
         return otel_logger
 
-    def __call__(self, _logger, method_name: str, event: dict) -> dict:
+    def __call__(self, _logger: WrappedLogger, method_name: str, event: EventDict) -> EventDict:
         # A warning the SDK logs while a record is being made (e.g. an attribute truncated to
         # OTEL_LOGRECORD_ATTRIBUTE_VALUE_LENGTH_LIMIT) comes back here through stdlib logging:
         # it gets its JSON line, not a record of its own, which would log the warning again.
@@ -271,7 +274,7 @@ class _ExportToOtel:
             _EXPORTING.busy = False
         return event
 
-    def _export(self, method_name: str, event: dict) -> None:
+    def _export(self, method_name: str, event: EventDict) -> None:
         name = event.get("logger", "coo")
         level = event.get("level", method_name)
         self._logger(name if type(name) is str else str(name)).emit(
@@ -281,7 +284,7 @@ class _ExportToOtel:
             attributes={k: _otel_value(v) for k, v in event.items() if v is not None and k not in _NOT_ATTRIBUTES})
 
 
-def _logger_name_from_record(_logger, _name, event: dict) -> dict:
+def _logger_name_from_record(_logger: WrappedLogger, _name: str, event: EventDict) -> EventDict:
     record = event.get("_record")
     if record is not None:
         event.setdefault("logger", record.name)
@@ -294,7 +297,7 @@ class Telemetry:
     tracer_provider: TracerProvider | None
     logger_provider: LoggerProvider | None
     enabled: bool
-    exporters: list = field(default_factory=list)   # the OTLP exporters we own
+    exporters: list[_QuietSpanExporter | _QuietLogExporter] = field(default_factory=list)   # the OTLP exporters we own
     in_process: bool = False                         # tests: an in-memory exporter shared by all
     debug: bool = False                              # COO_DEBUG
     debug_log: Path | None = None                    # COO_DEBUG's rotated JSON log file
@@ -331,6 +334,8 @@ def _dumps(obj: Any, default: Any = None, **_kw: Any) -> str:
 
 
 _render_json = structlog.processors.JSONRenderer(serializer=_dumps)
+#: The last processor: the event dict to the line written (JSONRenderer's str, or the console's)
+_Renderer = Callable[[WrappedLogger, str, EventDict], str | bytes]
 
 
 def debug_log_path(service: str) -> Path:
@@ -354,9 +359,11 @@ class _DebugFile:
     def write(self, line: str) -> None:
         self._handler.handle(logging.makeLogRecord({"msg": line, "levelno": logging.DEBUG, "levelname": "DEBUG"}))
 
-    def tee(self, renderer):
-        def render(logger, name, event: dict) -> str:
-            self.write(_render_json(logger, name, event))   # before the console renderer, which may take fields out
+    def tee(self, renderer: _Renderer) -> _Renderer:
+        def render(logger: WrappedLogger, name: str, event: EventDict) -> str | bytes:
+            # before the console renderer, which may take fields out; a str (_dumps decodes orjson's bytes)
+            line = _render_json(logger, name, event)
+            self.write(line if isinstance(line, str) else line.decode())
             return renderer(logger, name, event)
         return render
 
@@ -376,7 +383,7 @@ def configure_logging(service: str, *, debug: bool | None = None,
     """
     debug = debug_enabled() if debug is None else debug
     level = logging.DEBUG if debug else logging.INFO
-    shared: list = [
+    shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.format_exc_info,
@@ -389,7 +396,7 @@ def configure_logging(service: str, *, debug: bool | None = None,
     ]
     if logger_provider is not None:
         shared.append(_ExportToOtel(logger_provider))
-    renderer = structlog.dev.ConsoleRenderer(colors=False) if debug else _render_json
+    renderer: _Renderer = structlog.dev.ConsoleRenderer(colors=False) if debug else _render_json
     debug_file = None
     if debug:
         try:
@@ -418,13 +425,14 @@ def configure_logging(service: str, *, debug: bool | None = None,
     return debug_file.path if debug_file else None
 
 
-def get_logger(name: str, **initial: Any):
+def get_logger(name: str, **initial: Any) -> FilteringBoundLogger:
     """A structlog logger carrying its name; lazy, so it may be created at import time."""
-    return structlog.get_logger(name, **initial)
+    logger: FilteringBoundLogger = structlog.get_logger(name, **initial)   # the wrapper class configured
+    return logger
 
 
 class _NamedWriteLogger(structlog.WriteLogger):
-    def __init__(self, file, name: str) -> None:
+    def __init__(self, file: TextIO, name: str) -> None:
         super().__init__(file)
         self.name = name
 
@@ -432,14 +440,14 @@ class _NamedWriteLogger(structlog.WriteLogger):
 class _NamedWriteLoggerFactory:
     """Like structlog.WriteLoggerFactory, keeping the name given to get_logger(name)."""
 
-    def __init__(self, file) -> None:
+    def __init__(self, file: TextIO) -> None:
         self._file = file
 
     def __call__(self, *args: Any) -> _NamedWriteLogger:
         return _NamedWriteLogger(self._file, str(args[0]) if args else "coo")
 
 
-def _add_logger_name(logger, _name, event: dict) -> dict:
+def _add_logger_name(logger: WrappedLogger, _name: str, event: EventDict) -> EventDict:
     event.setdefault("logger", getattr(logger, "name", None) or "coo")
     return event
 
@@ -459,7 +467,7 @@ def setup_telemetry(service: str, *, span_exporter: SpanExporter | None = None,
         return _installed
     enabled = not sdk_disabled()
     tracer_provider = logger_provider = None
-    owned: list = []
+    owned: list[_QuietSpanExporter | _QuietLogExporter] = []
     if enabled:
         resource = _resource(service)
         tracer_provider = TracerProvider(resource=resource)
@@ -469,12 +477,14 @@ def setup_telemetry(service: str, *, span_exporter: SpanExporter | None = None,
             tracer_provider.add_span_processor(SimpleSpanProcessor(span_exporter))
         else:
             if not exporter_off("traces"):
-                owned.append(_QuietSpanExporter(_otlp_exporter("traces")))
-                tracer_provider.add_span_processor(BatchSpanProcessor(owned[-1]))
+                traces_out = _QuietSpanExporter(_otlp_exporter("traces"))
+                owned.append(traces_out)
+                tracer_provider.add_span_processor(BatchSpanProcessor(traces_out))
             if not exporter_off("logs"):
-                owned.append(_QuietLogExporter(_otlp_exporter("logs")))
+                logs_out = _QuietLogExporter(_otlp_exporter("logs"))
+                owned.append(logs_out)
                 logger_provider = LoggerProvider(resource=resource)
-                logger_provider.add_log_record_processor(batch_log_processor(owned[-1]))
+                logger_provider.add_log_record_processor(batch_log_processor(logs_out))
                 set_logger_provider(logger_provider)
         trace.set_tracer_provider(tracer_provider)
     debug = debug_enabled() if debug is None else debug
@@ -503,7 +513,7 @@ def _installed_state_warn_once() -> None:
 def _install_crash_hook(service: str) -> None:
     previous = sys.excepthook
 
-    def hook(exc_type, exc, tb):
+    def hook(exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
         structlog.get_logger("coo.crash").critical(
             "unhandled exception; the service is crashing", service=service,
             exc_info=(exc_type, exc, tb))
