@@ -25,7 +25,8 @@ async def latest(js: JetStreamContext, kv: KeyValue, prefix: str = ">", *,
     try:
         while True:
             try:
-                entry = await watcher.updates(timeout=idle_timeout)
+                # nats-py leaves KeyWatcher.updates/stop unannotated
+                entry = await watcher.updates(timeout=idle_timeout)  # type: ignore[no-untyped-call]
             except nats.errors.TimeoutError:
                 break
             if entry is None:
@@ -41,13 +42,15 @@ async def latest(js: JetStreamContext, kv: KeyValue, prefix: str = ">", *,
             if marker_seen and entry.delta == 0:
                 break
     finally:
-        await watcher.stop()
+        await watcher.stop()  # type: ignore[no-untyped-call]  # unannotated in nats-py
     return list(found.values())
 
 
 async def _holds(js: JetStreamContext, kv: KeyValue, prefix: str) -> bool:
     """Whether the bucket's stream holds any message for a key under ``prefix``."""
     status = await kv.status()
-    info = await js.stream_info(status.stream_info.config.name,
+    # a bucket's stream is KV_<bucket> (nats-py types the config's name as optional)
+    stream = status.stream_info.config.name or f"KV_{status.bucket}"
+    info = await js.stream_info(stream,
                                 subjects_filter=f"$KV.{status.bucket}.{prefix}")
     return bool(info.state.subjects)

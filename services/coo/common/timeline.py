@@ -25,7 +25,7 @@ ALWAYS_ON = frozenset({"mission.created", "status.changed", "mission.completed",
 
 
 def new_event(mission_id: str, type_: str, message: str, *, service: str,
-              status: int = mission_pb2.MISSION_STATUS_UNSPECIFIED, level: str = "info",
+              status: mission_pb2.MissionStatus.ValueType = mission_pb2.MISSION_STATUS_UNSPECIFIED, level: str = "info",
               attributes: dict[str, str] | None = None) -> timeline_pb2.TimelineEvent:
     at = Timestamp()
     at.GetCurrentTime()
@@ -43,8 +43,8 @@ def new_event(mission_id: str, type_: str, message: str, *, service: str,
 
 
 async def record(bus: Bus, mission_id: str, type_: str, message: str, *,
-                 status: int = mission_pb2.MISSION_STATUS_UNSPECIFIED, level: str = "info",
-                 attributes: dict[str, str] | None = None, event_id: str | None = None) -> None:
+                 status: mission_pb2.MissionStatus.ValueType = mission_pb2.MISSION_STATUS_UNSPECIFIED,
+                 level: str = "info", attributes: dict[str, str] | None = None, event_id: str | None = None) -> None:
     """Publish one timeline event (never raises: a lost timeline line must not fail a mission)."""
     if type_ not in ALWAYS_ON and type_ in bus.settings.disabled_event_types():
         return

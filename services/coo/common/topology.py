@@ -113,7 +113,10 @@ class ConsumerSpec:
 
     @property
     def name(self) -> str:
-        return self.config.durable_name
+        name = self.config.durable_name
+        if name is None:                # every spec is made by _durable, which names it
+            raise ValueError(f"consumer on {self.stream} has no durable name")
+        return name
 
 
 def _durable(name: str, filter_subject: str, *, ack_wait: float, max_deliver: int = 5,
