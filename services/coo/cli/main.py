@@ -75,9 +75,10 @@ def run() -> None:
         raise SystemExit(exc.exit_code) from None
     except Exception as exc:
         # usage errors (typer's click) print themselves and carry their own exit code
-        if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):
-            exc.show()
-            raise SystemExit(exc.exit_code) from None
+        show, exit_code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
+        if callable(show) and isinstance(exit_code, int):
+            show()
+            raise SystemExit(exit_code) from None
         if _state["debug"]:
             raise
         print_error(f"{type(exc).__name__}: {exc}", "run with --debug for the traceback")

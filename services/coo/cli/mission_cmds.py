@@ -69,7 +69,7 @@ def run(goal: str = typer.Argument(..., help="What the agents should build."),
 
     Exit codes with --wait: 0 completed, 2 failed/cancelled/budget exceeded, 3 paused or awaiting approval.
     """
-    body = {"goal": goal, "require_approval": approve or None}
+    body: dict[str, object] = {"goal": goal, "require_approval": approve or None}
     if budget is not None:
         body["budget_usd"] = budget
     with Api() as api:

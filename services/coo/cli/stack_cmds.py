@@ -53,7 +53,7 @@ def up(build: bool = typer.Option(True, help="Build the collector, Jaeger and th
                 "Default: COO_NATS_CLUSTER, else what this state dir ran last, else 1."),
        json_out: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """Start the local stack (every component a supervised process on loopback)."""
-    s = StackSettings(**({"nats_cluster": nats_cluster} if nats_cluster else {}))
+    s = StackSettings(nats_cluster=nats_cluster) if nats_cluster else StackSettings()
     s.record_nats_cluster()
     if build:
         script = REPO_ROOT / "scripts" / "build-tools.sh"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
+from typing import overload
 
 import typer
 
@@ -24,6 +25,18 @@ def parse_since(value: str, *, now: datetime | None = None) -> datetime:
     except ValueError:
         raise ValueError(f"{value!r} is neither a relative time (30m, 1h, 2d) nor an ISO-8601 time") from None
     return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+@overload
+def since_option(value: str) -> datetime: ...
+
+
+@overload
+def since_option(value: None) -> None: ...
+
+
+@overload
+def since_option(value: str | None) -> datetime | None: ...
 
 
 def since_option(value: str | None) -> datetime | None:

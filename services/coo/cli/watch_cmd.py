@@ -7,7 +7,7 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import typer
-from rich.console import Group
+from rich.console import Group, RenderableType
 from rich.live import Live
 from rich.markup import escape
 from rich.panel import Panel
@@ -74,7 +74,7 @@ def snapshot(api: Api, prom: Prometheus) -> dict:
 
 
 def render(snap: dict) -> Group:
-    parts = []
+    parts: list[RenderableType] = []
     missions = snap.get("missions")
     if missions is None:
         parts.append(Panel("[red]the orchestrator does not answer[/red]", title="missions"))

@@ -19,6 +19,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from coo.stack import consoles, nats_auth, nats_cluster, render, viewer
+from coo.stack.nats_cluster import Node
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 NATS_SERVER_NAME = "coo-local"
@@ -83,7 +84,7 @@ class StackSettings(BaseSettings):
         self.state.mkdir(parents=True, exist_ok=True)
         (self.state / NATS_CLUSTER_FILE).write_text(f"{self.nats_cluster}\n")
 
-    def nats_nodes(self) -> list[nats_cluster.Node]:
+    def nats_nodes(self) -> list[Node]:   # (the field nats_cluster hides the module in the class body)
         return nats_cluster.nodes(host=self.host, state=self.state, size=self.nats_cluster, port=self.nats_port,
                                   monitor_port=self.nats_monitor_port, route_port=self.nats_cluster_port,
                                   server_name=NATS_SERVER_NAME)
