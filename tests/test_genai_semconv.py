@@ -174,6 +174,9 @@ async def test_agent_spans_and_llm_metrics_follow_the_conventions(env, mock_llm,
         assert attrs["messaging.system"] == "nats" and attrs["messaging.operation.type"] == operation
         destination = attrs.get("messaging.destination.template", attrs["messaging.destination.name"])
         assert span.name == f"{attrs['messaging.operation.name']} {destination}"
+        if span.kind is SpanKind.CONSUMER:   # "conditionally required if applicable": a durable or a queue group
+            group = attrs.get("messaging.consumer.group.name", "")
+            assert group.startswith(("agent-", "sandbox-", "orchestrator-")) or group == "q", (span.name, group)
 
     _check_metric("gen_ai.client.token.usage", errors_seen=False)
     _check_metric("gen_ai.client.operation.duration", errors_seen=False)

@@ -41,7 +41,12 @@ from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
 from opentelemetry.trace import Status, StatusCode
 
 from coo.common import bus_tracing, metrics, topology
-from coo.common.bus_tracing import MESSAGING_MESSAGE_BODY_SIZE, MESSAGING_MESSAGE_ID, NATS_DELIVERED_COUNT
+from coo.common.bus_tracing import (
+    MESSAGING_CONSUMER_GROUP_NAME,
+    MESSAGING_MESSAGE_BODY_SIZE,
+    MESSAGING_MESSAGE_ID,
+    NATS_DELIVERED_COUNT,
+)
 from coo.common.config import CommonSettings
 from coo.common.declare import declare
 from coo.common.retry import Policy
@@ -49,8 +54,8 @@ from coo.common.scrub import scrub_text
 from coo.common.telemetry import debug_enabled, get_logger
 
 log = get_logger("coo.bus")
-_DEBUG = debug_enabled()
-_HAND_BACK_DELAY = 0.001  # seconds: what a stopping service hands back is redelivered at once  # COO_DEBUG: a DEBUG line per message published, received and settled
+_DEBUG = debug_enabled()   # COO_DEBUG: a DEBUG line per message published, received and settled
+_HAND_BACK_DELAY = 0.001  # seconds: what a stopping service hands back is redelivered at once
 
 HEADER_MSG_ID = "Nats-Msg-Id"
 HEADER_TYPE = "Coo-Type"
@@ -66,6 +71,9 @@ M = TypeVar("M", bound=Message)
 _PUBLISH_RETRY = Policy("publish", retry_on=(nats.js.errors.NoStreamResponseError, nats.errors.NoRespondersError,
                                              nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError),
                         attempts=None, deadline=20.0, initial=0.25, maximum=4.0)
+#: A consumer whose fetch failed (a lost connection, a consumer moving to a new leader) rebinds
+#: after this policy's wait, longer with each failure in a row.
+_REBIND = Policy("consume", attempts=None, initial=0.2, maximum=5.0)
 
 
 class InvalidMessage(Exception):
@@ -321,7 +329,8 @@ class Bus:
             max_reconnect_attempts=-1, reconnect_time_wait=0.5, connect_timeout=connect_timeout,
             # a server that hangs (a paused process, a stalled machine) keeps its socket open: pings
             # find it out in interval x (outstanding + 1) and the client moves to another server
-            ping_interval=settings.nats_ping_interval_seconds, max_outstanding_pings=settings.nats_max_outstanding_pings,
+            ping_interval=settings.nats_ping_interval_seconds,
+            max_outstanding_pings=settings.nats_max_outstanding_pings,
             allow_reconnect=True, error_cb=error_cb, disconnected_cb=disconnected_cb,
             reconnected_cb=reconnected_cb, closed_cb=closed_cb, **options,
         )
@@ -456,7 +465,7 @@ class Bus:
                 failures = 0
                 for msg in msgs:
                     await slots.acquire()
-                    t = asyncio.create_task(self._handle(msg, handler, accepted))
+                    t = asyncio.create_task(self._handle(msg, handler, accepted, spec.name))
                     inflight.add(t)
                     t.add_done_callback(lambda done: (inflight.discard(done), slots.release()))
             except asyncio.CancelledError:
@@ -471,7 +480,7 @@ class Bus:
                     except Exception:  # noqa: BLE001
                         pass
                 sub = None
-                await asyncio.sleep(min(5.0, 0.2 * failures))
+                await asyncio.sleep(_REBIND.delay(failures))
         if inflight:
             await self._hand_back(inflight, clog)
         if sub is not None:
@@ -494,7 +503,8 @@ class Bus:
             clog.warning("stopping: messages still in hand after the grace period handed back for redelivery",
                          handed_back=len(pending), grace_seconds=grace)
 
-    async def _handle(self, msg: Msg, handler: Handler, accepted: Mapping[str, type[Message]]) -> None:
+    async def _handle(self, msg: Msg, handler: Handler, accepted: Mapping[str, type[Message]],
+                      consumer: str = "") -> None:
         """One delivery inside a CONSUMER span whose parent is the producer's context."""
         subject = msg.subject
         route = _route(subject)
@@ -503,7 +513,8 @@ class Bus:
         span = self._tracing.consumer(
             route.process_name, parent,
             {**route.process_attributes, MESSAGING_MESSAGE_ID: headers.get(HEADER_MSG_ID, ""),
-             MESSAGING_MESSAGE_BODY_SIZE: len(msg.data)})
+             MESSAGING_MESSAGE_BODY_SIZE: len(msg.data),
+             **({MESSAGING_CONSUMER_GROUP_NAME: consumer} if consumer else {})})
         token = context.attach(trace.set_span_in_context(span, parent))
         bound = _bind_mission(headers.get(HEADER_MISSION))
         started = time.perf_counter()
@@ -512,8 +523,8 @@ class Bus:
             log.debug("message received", subject=subject, msg_id=headers.get(HEADER_MSG_ID, ""),
                       type=headers.get(HEADER_TYPE, ""), bytes=len(msg.data), delivered=_num_delivered(msg))
         try:
-            outcome = await self._settle(msg, Delivery(msg, subject, route.template, self.nc), headers, handler, accepted,
-                                         span)
+            delivery = Delivery(msg, subject, route.template, self.nc)
+            outcome = await self._settle(msg, delivery, headers, handler, accepted, span)
         finally:
             if _DEBUG:
                 log.debug("message settled", subject=subject, msg_id=headers.get(HEADER_MSG_ID, ""), outcome=outcome,
@@ -581,10 +592,13 @@ class Bus:
 
         ``endpoints`` maps a subject to (request type, async handler returning the reply message).
         """
-        svc = await nats.micro.add_service(self.nc, name=name, version=version, description=description)
+        # nats.micro's own default group, named: replicas of any version share requests
+        group = nats.micro.service.DEFAULT_QUEUE_GROUP
+        svc = await nats.micro.add_service(self.nc, name=name, version=version, description=description,
+                                           queue_group=group)
         for subject, (request_cls, fn) in endpoints.items():
             await svc.add_endpoint(name=subject.rsplit(".", 1)[-1], subject=subject,
-                                   handler=self._concurrent(self._endpoint_handler(subject, request_cls, fn)))
+                                   handler=self._concurrent(self._endpoint_handler(subject, request_cls, fn, group)))
         self._micro.append(svc)
         return svc
 
@@ -601,7 +615,7 @@ class Bus:
 
         return spawn
 
-    def _endpoint_handler(self, subject: str, request_cls: type[Message], fn):
+    def _endpoint_handler(self, subject: str, request_cls: type[Message], fn, group: str):
         accepted = _accepting(request_cls)
         route = _route(subject)
 
@@ -609,7 +623,8 @@ class Bus:
             """One request inside a CONSUMER span whose parent is the requester's context."""
             headers = req.headers or {}
             parent = extract_trace_context(headers)
-            span = self._tracing.consumer(route.serve_name, parent, route.serve_attributes)
+            span = self._tracing.consumer(route.serve_name, parent,
+                                          {**route.serve_attributes, MESSAGING_CONSUMER_GROUP_NAME: group})
             token = context.attach(trace.set_span_in_context(span, parent))
             outcome = "ok"
             try:

@@ -35,6 +35,7 @@ MESSAGING_OPERATION_NAME = "messaging.operation.name"
 MESSAGING_DESTINATION_NAME = "messaging.destination.name"
 MESSAGING_DESTINATION_TEMPLATE = "messaging.destination.template"
 MESSAGING_MESSAGE_ID = "messaging.message.id"
+MESSAGING_CONSUMER_GROUP_NAME = "messaging.consumer.group.name"   # the durable consumer
 MESSAGING_MESSAGE_BODY_SIZE = "messaging.message.body.size"
 NATS_DELIVERED_COUNT = "messaging.nats.delivered_count"   # ours: which delivery of the message this is
 NATS = "nats"

@@ -25,6 +25,7 @@ from starlette.requests import Request
 
 from coo.common.bus import Bus
 from coo.common.config import CommonSettings, service_host
+from coo.common.retry import Policy, Stopped
 from coo.common.telemetry import Telemetry, configure_logging, get_logger, setup_telemetry, telemetry_installed
 
 log = get_logger("coo.service")
@@ -82,25 +83,29 @@ def instrument_app(app: FastAPI) -> None:
     FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz,metrics", exclude_spans=["receive", "send"])
 
 
+#: NATS not up yet (the stack starts in any order, a server restarting): try again, longer each time.
+_CONNECT = Policy("nats connect", attempts=None, initial=0.2, maximum=5.0)
+
+
 async def connect_bus(name: str, settings: CommonSettings, stop: asyncio.Event) -> Bus | None:
-    """Connect, retrying while NATS is not up yet (the stack may start in any order)."""
-    delay = 0.2
-    warned = False
-    while not stop.is_set():
+    """Connect and declare the topology, retrying (each retry logged with its cause) until it works
+    or ``stop`` is set (then None)."""
+
+    async def connect() -> Bus:
+        bus = await Bus.connect(name, settings)
         try:
-            bus = await Bus.connect(name, settings)
             await bus.ensure_topology()
-            return bus
-        except Exception as exc:  # noqa: BLE001
-            if not warned:
-                log.warning("NATS not reachable yet; retrying", nats_url=settings.nats_url,
-                            error=str(exc) or type(exc).__name__)
-                warned = True
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=delay)
-            except asyncio.TimeoutError:
-                pass
-            delay = min(delay * 2, 5.0)
+        except BaseException:
+            await bus.close()      # no connection left behind by a failed try
+            raise
+        return bus
+
+    try:
+        async for attempt in _CONNECT.bind(nats_url=settings.nats_url).retrying(stop_event=stop):
+            with attempt:
+                return await connect()
+    except Stopped:
+        return None
     return None
 
 
