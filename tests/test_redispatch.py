@@ -58,12 +58,30 @@ async def _tasks_for(bus: Bus, role: str) -> list[str]:
     return out
 
 
+def _plan(m: mission_pb2.Mission) -> agent_pb2.AgentResult:
+    """The planner's answer to the task the mission awaits: one task."""
+    return agent_pb2.AgentResult(task_id=m.awaiting, mission_id=m.mission_id, role=common_pb2.ROLE_COO, ok=True,
+                                 plan=[mission_pb2.PlannedTask(title="FizzBuzz", description="FizzBuzz")],
+                                 usage=common_pb2.Usage(input_tokens=10, output_tokens=5, cost_usd=0.01, calls=1))
+
+
+async def _until_the_engineer_task_is_published(engine: Engine, m: mission_pb2.Mission, fault: list):
+    """Until the fault happened and the task the mission now awaits is in the stream (exactly once)."""
+    deadline = time.monotonic() + 20
+    while True:
+        mission = await engine.get(m.mission_id)
+        engineer_tasks = await _tasks_for(engine.bus, "engineer")
+        if fault and mission.awaiting in engineer_tasks:
+            break
+        assert time.monotonic() < deadline, (fault, mission.awaiting, engineer_tasks)
+        await asyncio.sleep(0.1)
+    assert mission.status in flow.LIVE and engineer_tasks.count(mission.awaiting) == 1
+
+
 async def test_a_redelivered_result_publishes_the_work_a_failed_dispatch_lost(engine, monkeypatch):
     m = await engine.create_mission("write a FizzBuzz function with tests", budget_usd=1.0)
     planner_task = m.awaiting
-    plan = agent_pb2.AgentResult(task_id=planner_task, mission_id=m.mission_id, role=common_pb2.ROLE_COO, ok=True,
-                                 plan=[mission_pb2.PlannedTask(title="FizzBuzz", description="FizzBuzz")],
-                                 usage=common_pb2.Usage(input_tokens=10, output_tokens=5, cost_usd=0.01, calls=1))
+    plan = _plan(m)
     real_publish = engine.bus.publish
     failed = []
 
@@ -75,25 +93,14 @@ async def test_a_redelivered_result_publishes_the_work_a_failed_dispatch_lost(en
 
     monkeypatch.setattr(engine.bus, "publish", leaderless)
     await engine.bus.publish(topology.AGENT_RESULTS, plan, msg_id=f"{planner_task}.result", mission_id=m.mission_id)
-
-    deadline = time.monotonic() + 20
-    while True:
-        mission = await engine.get(m.mission_id)
-        engineer_tasks = await _tasks_for(engine.bus, "engineer")
-        if failed and mission.awaiting in engineer_tasks:
-            break
-        assert time.monotonic() < deadline, (failed, mission.awaiting, engineer_tasks)
-        await asyncio.sleep(0.1)
-    assert mission.status in flow.LIVE and engineer_tasks.count(mission.awaiting) == 1
+    await _until_the_engineer_task_is_published(engine, m, failed)
 
 
 async def test_a_mission_write_whose_answer_was_lost_still_has_its_effects(engine, monkeypatch):
     """The write landed but its acknowledgement was lost with the stream's leader: the next try finds
     its own bytes in the bucket and goes on to publish the next work item (not a duplicate to drop)."""
     m = await engine.create_mission("write a FizzBuzz function with tests", budget_usd=1.0)
-    plan = agent_pb2.AgentResult(task_id=m.awaiting, mission_id=m.mission_id, role=common_pb2.ROLE_COO, ok=True,
-                                 plan=[mission_pb2.PlannedTask(title="FizzBuzz", description="FizzBuzz")],
-                                 usage=common_pb2.Usage(input_tokens=10, output_tokens=5, cost_usd=0.01, calls=1))
+    plan = _plan(m)
     store = engine.store
     real_update = store.update
     lost = []
@@ -107,12 +114,4 @@ async def test_a_mission_write_whose_answer_was_lost_still_has_its_effects(engin
 
     monkeypatch.setattr(store, "update", answer_lost)
     await engine.bus.publish(topology.AGENT_RESULTS, plan, msg_id=f"{m.awaiting}.result", mission_id=m.mission_id)
-    deadline = time.monotonic() + 20
-    while True:
-        mission = await engine.get(m.mission_id)
-        engineer_tasks = await _tasks_for(engine.bus, "engineer")
-        if lost and mission.awaiting in engineer_tasks:
-            break
-        assert time.monotonic() < deadline, (lost, mission.awaiting, engineer_tasks)
-        await asyncio.sleep(0.1)
-    assert engineer_tasks.count(mission.awaiting) == 1
+    await _until_the_engineer_task_is_published(engine, m, lost)
