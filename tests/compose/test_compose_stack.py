@@ -49,6 +49,14 @@ def test_every_container_is_healthy(stack: ComposeStack):
          "(no image of it can be had here)")
 
 
+def test_the_services_image_carries_no_test_or_dev_tools(stack: ComposeStack):
+    """Runtime dependencies only (pyproject's dev extra is not installed in services/Dockerfile)."""
+    probe = ("import importlib.util, json; print(json.dumps([m for m in ('pytest', 'hypothesis', 'ruff', 'mypy', "
+             "'grpc_tools', 'playwright') if importlib.util.find_spec(m)]))")
+    res = stack.engine.docker("run", "--rm", "--entrypoint", "python", "coo-services:latest", "-c", probe, timeout=120)
+    assert json.loads(res.stdout.strip().splitlines()[-1]) == []
+
+
 def test_coo_health_shows_the_sandbox_backend_in_use(stack: ComposeStack, tmp_path: Path):
     env = {**stack.engine.env(), **{k: str(v) for k, v in stack.ports.items()}, "COO_STATE_DIR": str(tmp_path),
            "COO_API_URL": stack.url("COO_ORCHESTRATOR_PORT")}
