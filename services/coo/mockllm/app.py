@@ -369,9 +369,10 @@ async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
 
 def _add_error_handlers(app: FastAPI) -> None:
     """Every error in OpenAI's JSON shape, so the ``openai`` SDK raises the matching class."""
-    app.add_exception_handler(APIError, _api_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
+    # Starlette types every handler as taking Exception, though it calls each with its own class only
+    app.add_exception_handler(APIError, _api_error)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _unexpected)
 
 

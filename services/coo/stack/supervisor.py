@@ -15,6 +15,7 @@ import urllib.request
 import xmlrpc.client
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol, cast
 
 from supervisor.xmlrpc import SupervisorTransport
 
@@ -84,9 +85,26 @@ def rpc(s: StackSettings) -> xmlrpc.client.ServerProxy:
     return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=SupervisorTransport(None, None, f"unix://{sock}"))
 
 
+class _SupervisorApi(Protocol):
+    """The calls of supervisord's XML-RPC interface used here (supervisord.org/api.html), with the
+    shapes of their answers (xmlrpc.client types every answer as any marshallable value)."""
+
+    def getState(self) -> dict[str, Any]: ...
+    def reloadConfig(self) -> list[list[list[str]]]: ...   # [[added, changed, removed]]
+    def stopProcess(self, name: str) -> bool: ...
+    def removeProcessGroup(self, name: str) -> bool: ...
+    def addProcessGroup(self, name: str) -> bool: ...
+    def shutdown(self) -> bool: ...
+    def getAllProcessInfo(self) -> list[dict[str, Any]]: ...
+
+
+def _api(s: StackSettings) -> _SupervisorApi:
+    return cast("_SupervisorApi", rpc(s).supervisor)
+
+
 def running(s: StackSettings) -> bool:
     try:
-        return rpc(s).supervisor.getState()["statename"] == "RUNNING"
+        return _api(s).getState()["statename"] == "RUNNING"
     except (OSError, xmlrpc.client.Fault):
         return False
 
@@ -95,7 +113,7 @@ def start(s: StackSettings, parts: list[Component]) -> None:
     prepare(s)
     conf = write_config(s, parts)
     if running(s):
-        server = rpc(s).supervisor
+        server = _api(s)
         added, changed, removed = server.reloadConfig()[0]
         for name in removed:
             server.stopProcess(name)
@@ -122,7 +140,7 @@ def stop(s: StackSettings, timeout: float = 30.0) -> bool:
     if not running(s):
         return False
     with contextlib.suppress(OSError, xmlrpc.client.Fault):  # already going down
-        rpc(s).supervisor.shutdown()
+        _api(s).shutdown()
     deadline = time.monotonic() + timeout
     pid = int(pidfile.read_text()) if pidfile.exists() else None
     while pid and time.monotonic() < deadline:
@@ -155,7 +173,7 @@ def status(s: StackSettings | None = None) -> list[ComponentStatus]:
     s = s or StackSettings()
     states: dict[str, str] = {}
     if running(s):
-        for info in rpc(s).supervisor.getAllProcessInfo():
+        for info in _api(s).getAllProcessInfo():
             states[info["name"]] = info["statename"]
     out = []
     for c in components(s):
