@@ -163,3 +163,16 @@ def test_status_and_down_see_the_size_the_stack_was_started_with(tmp_path, monke
         "nats-1", "nats-2", "nats-3"]
     monkeypatch.setenv("COO_NATS_CLUSTER", "1")                              # said explicitly: that wins
     assert StackSettings(state_dir=state).nats_cluster == 1
+
+
+def test_coo_health_checks_every_node_of_the_cluster(cluster_from_components, monkeypatch):
+    from coo.cli.health_cmd import health_checks
+
+    s = cluster_from_components
+    for key, value in {"COO_STATE_DIR": s.state, "COO_NATS_CLUSTER": 3, "COO_NATS_PORT": s.nats_port,
+                       "COO_NATS_MONITOR_PORT": s.nats_monitor_port, "COO_NATS_CLUSTER_PORT": s.nats_cluster_port}.items():
+        monkeypatch.setenv(key, str(value))
+    rows = {c["check"]: c for c in health_checks()}
+    for i in (1, 2, 3):
+        assert rows[f"nats-{i} + jetstream"]["ok"], rows[f"nats-{i} + jetstream"]
+    assert "nats + jetstream" not in rows
