@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -33,12 +34,15 @@ from google.protobuf.message import DecodeError, Message
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js.api import PubAck
 from nats.js.kv import KeyValue
 from nats.micro.request import Request
 from opentelemetry import baggage, context, trace
 from opentelemetry.context.context import Context
 from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
-from opentelemetry.trace import Status, StatusCode
+from opentelemetry.trace import Span, Status, StatusCode
+from prometheus_client.metrics import MetricWrapperBase
+from structlog.typing import FilteringBoundLogger
 
 from coo.common import bus_tracing, metrics, topology
 from coo.common.bus_tracing import (
@@ -63,6 +67,7 @@ HEADER_MISSION = "Coo-Mission-Id"
 MISSION_BAGGAGE_KEY = "mission.id"
 
 M = TypeVar("M", bound=Message)
+_W = TypeVar("_W", bound=MetricWrapperBase)
 
 #: A stream without a leader answers no publish for a moment (a NATS cluster electing one after a
 #: node was lost: seconds). The publish is tried again under the same message id, so a first try
@@ -110,9 +115,10 @@ def decode(headers: Mapping[str, str] | None, data: bytes, accepted: Mapping[str
             raise InvalidMessage("missing Coo-Type header")
         cls = next(iter(accepted.values()))
     else:
-        cls = accepted.get(name)
-        if cls is None:
+        named = accepted.get(name)
+        if named is None:
             raise InvalidMessage(f"unknown message type {name!r}")
+        cls = named
     message = cls()
     try:
         message.ParseFromString(data)
@@ -142,25 +148,25 @@ def extract_trace_context(headers: Mapping[str, str] | None) -> Context:
     return bus_tracing.extract(headers)
 
 
-def _bind_mission(mission_id: str | None):
+def _bind_mission(mission_id: object) -> Mapping[str, contextvars.Token[Any]] | None:
     """structlog's ``mission_id`` for the handler's log lines; the tokens to reset, or None."""
     if not mission_id:
         return None
     return structlog.contextvars.bind_contextvars(mission_id=mission_id)
 
 
-def _unbind_mission(tokens) -> None:
+def _unbind_mission(tokens: Mapping[str, contextvars.Token[Any]] | None) -> None:
     if tokens is not None:
         structlog.contextvars.reset_contextvars(**tokens)
 
 
-_children: dict = {}
+_children: dict[tuple[MetricWrapperBase, tuple[str, ...]], Any] = {}
 
 
-def _metric(metric, *labels):
+def _metric(metric: _W, *labels: str) -> _W:
     """``metric.labels(*labels)``, looked up once (labels are bounded: templates, outcomes)."""
     key = (metric, labels)
-    child = _children.get(key)
+    child: _W | None = _children.get(key)
     if child is None:
         child = _children[key] = metric.labels(*labels)
     return child
@@ -173,15 +179,15 @@ class _Route:
     template: str
     send_name: str
     process_name: str
-    send_attributes: dict      # JetStream publish (the message id and body size are added)
-    process_attributes: dict   # JetStream consume (same)
-    request_name: str          # request/reply spans are named after the subject itself
+    send_attributes: dict[str, str]      # JetStream publish (the message id and body size are added)
+    process_attributes: dict[str, str]   # JetStream consume (same)
+    request_name: str                    # request/reply spans are named after the subject itself
     serve_name: str
-    request_attributes: dict   # request/reply, client side
-    serve_attributes: dict     # request/reply, endpoint side
+    request_attributes: dict[str, str]   # request/reply, client side
+    serve_attributes: dict[str, str]     # request/reply, endpoint side
 
 
-_routes: dict = {}
+_routes: dict[str, _Route] = {}
 _MAX_ROUTES = 4096
 
 
@@ -200,11 +206,11 @@ def _route(subject: str) -> _Route:
     return route
 
 
-_accepted_by_class: dict = {}
+_accepted_by_class: dict[type[Message], Any] = {}   # a class -> {its type name: it}
 
 
 def _accepting(cls: type[M]) -> Mapping[str, type[M]]:
-    accepted = _accepted_by_class.get(cls)
+    accepted: Mapping[str, type[M]] | None = _accepted_by_class.get(cls)
     if accepted is None:
         accepted = _accepted_by_class[cls] = {type_name(cls): cls}
     return accepted
@@ -261,6 +267,10 @@ class Delivery:
 
 
 Handler = Callable[[Any, Delivery], Awaitable[None]]
+#: A request/reply endpoint's function: the decoded request -> the reply message.
+_Endpoint = Callable[[Any], Awaitable[Message]]
+#: What nats.micro calls with each request (run as a task: a coroutine).
+_RequestHandler = Callable[[Request], Coroutine[Any, Any, None]]
 
 
 def _num_delivered(msg: Msg) -> int:
@@ -268,7 +278,7 @@ def _num_delivered(msg: Msg) -> int:
     dataclasses per message): read from a v1 ack subject
     ``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<ns>.<pending>``;
     any other form is left to the library."""
-    tokens = msg.reply.split(".") if msg.reply else ()
+    tokens = msg.reply.split(".") if msg.reply else []
     if len(tokens) == 9 and tokens[0] == "$JS" and tokens[1] == "ACK" and tokens[4].isdigit():
         return int(tokens[4])
     return msg.metadata.num_delivered
@@ -278,7 +288,8 @@ _BUSY_FETCH_SECONDS = 0.05
 
 
 def _retry_delay(num_delivered: int) -> float:
-    return min(30.0, 0.5 * (2 ** max(0, num_delivered - 1)))
+    delay: float = min(30.0, 0.5 * (2 ** max(0, num_delivered - 1)))   # (int ** int: typeshed says Any)
+    return delay
 
 
 class Bus:
@@ -290,10 +301,10 @@ class Bus:
         self.settings = settings
         self._tracing = bus_tracing.BusTracing(tracer_provider)   # None: the global provider
         self._stop = asyncio.Event()
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: list[asyncio.Task[None]] = []
         self._micro: list[nats.micro.Service] = []
         self._closing = closing or asyncio.Event()   # set by close(): a disconnect then is expected
-        self._requests: set[asyncio.Task] = set()
+        self._requests: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ connection
     @classmethod
@@ -384,7 +395,7 @@ class Bus:
 
     # --------------------------------------------------------------------- publish
     async def publish(self, subject: str, message: Message, *, msg_id: str | None = None,
-                      mission_id: str | None = None, timeout: float = 5.0):
+                      mission_id: str | None = None, timeout: float = 5.0) -> PubAck:
         """Publish to JetStream and wait for the stream's ack. ``msg_id`` makes retries idempotent."""
         route = _route(subject)
         msg_id = msg_id or uuid.uuid4().hex
@@ -416,16 +427,16 @@ class Bus:
         finally:
             span.end()
 
-    async def _publish_once(self, subject: str, data: bytes, headers: dict[str, str], timeout: float):
+    async def _publish_once(self, subject: str, data: bytes, headers: dict[str, str], timeout: float) -> PubAck:
         return await self.js.publish(subject, data, headers=dict(headers), timeout=timeout)
 
     # --------------------------------------------------------------------- consume
     def consume(self, consumer: str, handler: Handler, accepted: list[type[Message]], *,
-                concurrency: int = 8, fetch_timeout: float = 1.0) -> asyncio.Task:
+                concurrency: int = 8, fetch_timeout: float = 1.0) -> asyncio.Task[None]:
         """Start a pull loop on a durable consumer of ``topology``; returns its task."""
         spec = topology.consumers()[consumer]
         accepted_map = {type_name(cls): cls for cls in accepted}
-        metrics.BUS_REDELIVERIES.labels(topology.subject_template(spec.config.filter_subject))  # exported from 0
+        metrics.BUS_REDELIVERIES.labels(topology.subject_template(spec.subject))  # exported from 0
         task = asyncio.create_task(
             self._consume_loop(spec, handler, accepted_map, concurrency, fetch_timeout),
             name=f"consume:{consumer}",
@@ -437,7 +448,12 @@ class Bus:
                             accepted: Mapping[str, type[Message]], concurrency: int, fetch_timeout: float) -> None:
         clog = log.bind(consumer=spec.name)
         slots = asyncio.Semaphore(concurrency)
-        inflight: set[asyncio.Task] = set()
+        inflight: set[asyncio.Task[None]] = set()
+
+        def finished(done: asyncio.Task[None]) -> None:
+            inflight.discard(done)
+            slots.release()
+
         sub = None
         failures = 0
         while not self._stop.is_set():
@@ -467,7 +483,7 @@ class Bus:
                     await slots.acquire()
                     t = asyncio.create_task(self._handle(msg, handler, accepted, spec.name))
                     inflight.add(t)
-                    t.add_done_callback(lambda done: (inflight.discard(done), slots.release()))
+                    t.add_done_callback(finished)
             except asyncio.CancelledError:
                 break
             except Exception as exc:  # noqa: BLE001 - a consumer loop never dies of one error
@@ -489,7 +505,7 @@ class Bus:
             except Exception:  # noqa: BLE001
                 pass
 
-    async def _hand_back(self, inflight: set[asyncio.Task], clog) -> None:
+    async def _hand_back(self, inflight: set[asyncio.Task[None]], clog: FilteringBoundLogger) -> None:
         """Stopping: handlers in flight get the grace period to finish; what they still hold then is
         handed back (their tasks cancelled, each message nak'd without delay, see :meth:`_settle`)."""
         grace = self.settings.shutdown_grace_seconds
@@ -536,7 +552,7 @@ class Bus:
             _metric(metrics.BUS_PROCESS_SECONDS, route.template).observe(time.perf_counter() - started)
 
     async def _settle(self, msg: Msg, delivery: Delivery, headers: Mapping[str, str], handler: Handler,
-                      accepted: Mapping[str, type[Message]], span) -> str:
+                      accepted: Mapping[str, type[Message]], span: Span) -> str:
         """Run the handler; ack, nak with delay, or terminate. Returns the outcome."""
         subject = delivery.subject
         try:
@@ -586,7 +602,7 @@ class Bus:
             return "nak"
 
     # ------------------------------------------------------------ request / reply
-    async def serve(self, name: str, endpoints: Mapping[str, tuple[type[Message], Callable[[Any], Awaitable[Message]]]],
+    async def serve(self, name: str, endpoints: Mapping[str, tuple[type[Message], _Endpoint]],
                     *, version: str = "0.1.0", description: str = "") -> nats.micro.Service:
         """Expose request/reply endpoints with ``nats.micro`` (one queue group: replicas share load).
 
@@ -602,20 +618,25 @@ class Bus:
         self._micro.append(svc)
         return svc
 
-    def _concurrent(self, handle, limit: int = 64):
+    def _concurrent(self, handle: _RequestHandler, limit: int = 64) -> _RequestHandler:
         """nats.micro awaits each request before reading the next: run them as tasks instead,
         bounded, so one slow request does not stall the endpoint."""
         slots = asyncio.Semaphore(limit)
+
+        def finished(task: asyncio.Task[None]) -> None:
+            self._requests.discard(task)
+            slots.release()
 
         async def spawn(req: Request) -> None:
             await slots.acquire()
             task = asyncio.create_task(handle(req))
             self._requests.add(task)
-            task.add_done_callback(lambda t: (self._requests.discard(t), slots.release()))
+            task.add_done_callback(finished)
 
         return spawn
 
-    def _endpoint_handler(self, subject: str, request_cls: type[Message], fn, group: str):
+    def _endpoint_handler(self, subject: str, request_cls: type[Message], fn: _Endpoint,
+                          group: str) -> _RequestHandler:
         accepted = _accepting(request_cls)
         route = _route(subject)
 
@@ -641,7 +662,8 @@ class Bus:
         return handle
 
     @staticmethod
-    async def _answer(req: Request, headers: Mapping[str, str], accepted, fn, span, subject: str) -> str:
+    async def _answer(req: Request, headers: Mapping[str, str], accepted: Mapping[str, type[Message]],
+                      fn: _Endpoint, span: Span, subject: str) -> str:
         """Decode, call the endpoint's function, respond (or respond with an error). Returns the outcome."""
         try:
             request = decode(headers, req.data, accepted)
@@ -689,10 +711,10 @@ class Bus:
             _metric(metrics.BUS_REQUESTS, subject, "sent", outcome if outcome in ("ok", "error") else "failed").inc()
 
     # --------------------------------------------------------------- dead letters
-    async def dead_letters(self, limit: int = 100) -> list[dict]:
+    async def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
         """The newest dead letters: the advisories captured in the DLQ stream, newest last."""
         info = await self.js.stream_info(topology.STREAM_DLQ)
-        out: list[dict] = []
+        out: list[dict[str, Any]] = []
         last, first = info.state.last_seq, info.state.first_seq
         seq = last
         while seq >= first and seq > 0 and len(out) < limit:
@@ -706,17 +728,19 @@ class Bus:
         out.reverse()
         return out
 
-    async def dead_letter(self, dlq_seq: int) -> dict:
+    async def dead_letter(self, dlq_seq: int) -> dict[str, Any]:
         raw = await self.js.get_msg(topology.STREAM_DLQ, dlq_seq)
         return _dead_letter_view(dlq_seq, raw.subject, raw.data)
 
-    async def replay(self, dlq_seq: int) -> dict:
+    async def replay(self, dlq_seq: int) -> dict[str, Any]:
         """Publish the original message again (fresh message id) and drop the dead letter."""
         entry = await self.dead_letter(dlq_seq)
         if entry["stream"] not in topology.WORK_STREAMS or entry["stream_seq"] <= 0:
             # only work messages are replayed: a forged advisory must not republish, say, a ledger entry
             raise LookupError(f"dead letter {dlq_seq} does not point at a work message")
         original = await self.js.get_msg(entry["stream"], entry["stream_seq"])
+        if original.subject is None:    # a stored message always has one (nats-py types it optional)
+            raise LookupError(f"dead letter {dlq_seq}: the original message has no subject")
         headers = dict(original.headers or {})
         headers[HEADER_MSG_ID] = f"{headers.get(HEADER_MSG_ID, 'msg')}-replay-{dlq_seq}"
         await self.js.publish(original.subject, original.data or b"", headers=headers)
@@ -731,14 +755,14 @@ class Bus:
         return info.state.messages
 
 
-def _int(value: object) -> int:
+def _int(value: Any) -> int:
     try:
         return max(0, int(value))
     except (TypeError, ValueError, OverflowError):
         return 0
 
 
-def _dead_letter_view(dlq_seq: int, advisory_subject: str, data: bytes | None) -> dict:
+def _dead_letter_view(dlq_seq: int, advisory_subject: str | None, data: bytes | None) -> dict[str, Any]:
     """A DLQ entry from a captured advisory; anything may have been published on those subjects,
     so every field is coerced and the reason scrubbed."""
     try:
@@ -747,7 +771,8 @@ def _dead_letter_view(dlq_seq: int, advisory_subject: str, data: bytes | None) -
         adv = {}
     if not isinstance(adv, dict):
         adv = {}
-    kind = "terminated" if advisory_subject.startswith(topology.ADVISORY_TERMINATED) else "max_deliveries"
+    terminated = advisory_subject is not None and advisory_subject.startswith(topology.ADVISORY_TERMINATED)
+    kind = "terminated" if terminated else "max_deliveries"
     reason = adv.get("reason") or ("max deliveries reached" if kind == "max_deliveries" else "terminated")
     return {
         "dlq_id": dlq_seq,

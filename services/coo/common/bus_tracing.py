@@ -23,6 +23,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.propagators.textmap import Getter, Setter
 from opentelemetry.trace import NonRecordingSpan, Span, SpanKind
+from opentelemetry.util.types import AttributeValue
 
 from coo import __version__
 
@@ -59,7 +60,7 @@ class HeadersSetter(Setter[MutableMapping[str, str]]):
         carrier[key] = value
 
 
-class HeadersGetter(Getter[Mapping[str, str]]):
+class HeadersGetter(Getter[Mapping[str, str] | None]):
     """Reads a propagator's fields from the headers of a NATS message (None: no headers)."""
 
     def get(self, carrier: Mapping[str, str] | None, key: str) -> list[str] | None:
@@ -116,15 +117,16 @@ class BusTracing:
         self.enabled = not instrumentation_disabled() if enabled is None else enabled
         self.tracer = trace.get_tracer("coo.bus", __version__, tracer_provider)
 
-    def start(self, name: str, kind: SpanKind, parent: Context | None, attributes: Mapping[str, object]) -> Span:
+    def start(self, name: str, kind: SpanKind, parent: Context | None,
+              attributes: Mapping[str, AttributeValue]) -> Span:
         """A started span, child of ``parent`` (None: the current context). Switched off, a
         non-recording stand-in for the parent span (so context passed on is the parent's)."""
         if not self.enabled:
             return NonRecordingSpan(trace.get_current_span(parent).get_span_context())
         return self.tracer.start_span(name, context=parent, kind=kind, attributes=attributes)
 
-    def producer(self, name: str, parent: Context | None, attributes: Mapping[str, object]) -> Span:
+    def producer(self, name: str, parent: Context | None, attributes: Mapping[str, AttributeValue]) -> Span:
         return self.start(name, SpanKind.PRODUCER, parent, attributes)
 
-    def consumer(self, name: str, parent: Context | None, attributes: Mapping[str, object]) -> Span:
+    def consumer(self, name: str, parent: Context | None, attributes: Mapping[str, AttributeValue]) -> Span:
         return self.start(name, SpanKind.CONSUMER, parent, attributes)

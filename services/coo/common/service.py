@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -203,8 +203,9 @@ async def _debug_dump(ctx: ServiceContext) -> None:
 class _Server(uvicorn.Server):
     """uvicorn without its own signal handling: the service owns SIGTERM/SIGINT and stops uvicorn."""
 
-    def capture_signals(self):
-        return contextlib.nullcontext()
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 def _on_signal(name: str, sig: signal.Signals, stop: asyncio.Event, why: list[str]) -> None:

@@ -118,6 +118,14 @@ class ConsumerSpec:
             raise ValueError(f"consumer on {self.stream} has no durable name")
         return name
 
+    @property
+    def subject(self) -> str:
+        """The subject (pattern) the consumer filters on."""
+        subject = self.config.filter_subject
+        if subject is None:             # every spec is made by _durable, which sets it
+            raise ValueError(f"consumer {self.name} has no filter subject")
+        return subject
+
 
 def _durable(name: str, filter_subject: str, *, ack_wait: float, max_deliver: int = 5,
              backoff: list[float] | None = None, max_ack_pending: int = 1000) -> ConsumerConfig:
