@@ -136,8 +136,8 @@ class Results:
 
 @asynccontextmanager
 async def running_agent(nats_url: str, llm_url: str, **overrides):
-    values = dict(nats_url=nats_url, agent_port=free_port(), llm_base_url=llm_url, llm_api_key=SECRET_KEY,
-                  agent_heartbeat_seconds=0.2)
+    values = {"nats_url": nats_url, "agent_port": free_port(), "llm_base_url": llm_url, "llm_api_key": SECRET_KEY,
+              "agent_heartbeat_seconds": 0.2}
     values.update(overrides)
     settings = AgentSettings(**values)
     stop = asyncio.Event()

@@ -189,10 +189,10 @@ class ServiceStack(MissionApi):
         names = [name] if name else list(self.services)
         for n in names:
             c = self.parts[n]
-            log = open(self.root / "logs" / f"{n}.log", "ab")
-            self.procs[n] = subprocess.Popen(c.command, stdout=log, stderr=subprocess.STDOUT, env=self._env(c),
-                                             start_new_session=True, preexec_fn=_die_with_parent)
-            log.close()
+            with open(self.root / "logs" / f"{n}.log", "ab") as log:
+                self.procs[n] = subprocess.Popen(
+                    c.command, stdout=log, stderr=subprocess.STDOUT, env=self._env(c), start_new_session=True,
+                    preexec_fn=_die_with_parent)  # noqa: PLW1509 - PR_SET_PDEATHSIG has no other hook
         for n in names:
             self.wait_healthy(n, timeout)
         return self

@@ -9,6 +9,7 @@ the text goes to a 0600 file in the data dir, never on the command line.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -107,7 +108,7 @@ class NatsServer:
             f.write(f'server_name: "{self.name}"\n' + (self.auth_config or "") + self.extra_config)
         os.chmod(path, 0o600)
 
-    def start(self, timeout: float = 15.0, *, wait: bool = True) -> "NatsServer":
+    def start(self, timeout: float = 15.0, *, wait: bool = True) -> NatsServer:
         """Start the process and (``wait``) until JetStream is enabled."""
         if self._proc is not None and self._proc.poll() is None:
             return self
@@ -118,13 +119,10 @@ class NatsServer:
             self.data_dir = Path(self._tmp.name)
         Path(self.data_dir).mkdir(parents=True, exist_ok=True)
         self._write_auth_config()
-        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
-        try:
+        with contextlib.ExitStack() as files:
+            out = files.enter_context(open(self.log_file, "ab")) if self.log_file else subprocess.DEVNULL
             self._proc = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT,
                                           env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
-        finally:
-            if self.log_file:
-                out.close()
         if wait:
             self.wait_ready(timeout)
         return self
@@ -182,7 +180,7 @@ class NatsServer:
         self._write_auth_config()
         self._proc.send_signal(signal.SIGHUP)
 
-    def restart(self, timeout: float = 15.0) -> "NatsServer":
+    def restart(self, timeout: float = 15.0) -> NatsServer:
         self.stop()
         return self.start(timeout)
 
@@ -192,7 +190,7 @@ class NatsServer:
             self._tmp.cleanup()
             self._tmp = None
 
-    def __enter__(self) -> "NatsServer":
+    def __enter__(self) -> NatsServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -236,7 +234,7 @@ class NatsCluster:
         """Every node's URL, comma-separated (COO_NATS_URL)."""
         return ",".join(self.urls)
 
-    def start(self, timeout: float = 30.0) -> "NatsCluster":
+    def start(self, timeout: float = 30.0) -> NatsCluster:
         """Every node at once (each waits for its routes), then until each is current with the
         elected meta leader."""
         for node in self.nodes:

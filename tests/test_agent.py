@@ -171,7 +171,7 @@ async def test_invalid_json_gets_one_repair(env, scripted):
 
 
 async def test_still_invalid_after_repair_is_invalid_output(env, scripted):
-    bus, budget, results, nats_url = env
+    bus, _budget, results, nats_url = env
     server, url = scripted
     bad = json.dumps({"files": [{"name": "../evil.py", "content": "x"}], "command": ["python3"], "notes": ""})
     server.script[:] = [bad, bad]
@@ -230,7 +230,7 @@ async def test_heartbeat_during_a_slow_call(env, mock_llm, monkeypatch):
         await original(self)
 
     monkeypatch.setattr(Delivery, "in_progress", counting)
-    bus, budget, results, nats_url = env
+    bus, _budget, results, nats_url = env
     task = make_task(common_pb2.ROLE_COO, "t-slow")
     task.goal = GOAL + " [mock:slow=1.2]"
     async with running_agent(nats_url, mock_llm, agent_heartbeat_seconds=0.25):
@@ -295,7 +295,8 @@ def test_answers_are_validated():
     ok, err = roles.parse_answer(roles.Artifact, json.dumps(
         {"files": [{"name": "a.py", "content": "x"}], "command": ["python3", "-m", "unittest"], "notes": "n"}))
     assert err is None and ok.files[0].name == "a.py"
-    for files, command, needle in (([], ["x"], "changes nothing"), ([{"name": "a/b.py", "content": ""}], ["x"], "separator"),
+    for files, command, needle in (([], ["x"], "changes nothing"),
+                                   ([{"name": "a/b.py", "content": ""}], ["x"], "separator"),
                                    ([{"name": "..x", "content": ""}], ["x"], "'..'"),
                                    ([{"name": "a.py", "content": ""}], [], "at least 1"),
                                    ([{"name": "a.py", "content": ""}] * 2, ["x"], "duplicate")):

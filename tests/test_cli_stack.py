@@ -20,9 +20,15 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from tests.natsserver import free_port
-from tests.test_stack_e2e import Stack, _wait_trace, stack  # noqa: F401 - `stack` is the module-scoped fixture
+from tests.test_stack_e2e import Stack, _wait_trace
 
 pytestmark = pytest.mark.stack
+
+
+@pytest.fixture(scope="module")
+def stack(embedded):  # the session's one embedded stack (tests/stack_fixture.py), as in test_stack_e2e.py
+    return Stack(*embedded)
+
 
 COO = [sys.executable, "-m", "coo.cli"]
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
@@ -31,14 +37,16 @@ HEX32 = re.compile(r"^[0-9a-f]{32}$")
 def cli_env(st: Stack, **extra: str) -> dict[str, str]:
     s = st.s
     env = {k: v for k, v in os.environ.items() if not k.startswith("COO_")}
-    env.update({f"COO_{name.upper()}": str(getattr(s, name)) for name in type(s).model_fields if name.endswith("_port")})
+    env.update({f"COO_{name.upper()}": str(getattr(s, name))
+                for name in type(s).model_fields if name.endswith("_port")})
     env.update({"COO_STATE_DIR": str(s.state), "COO_API_URL": s.url(s.orchestrator_port), "COLUMNS": "200"})
     env.update(extra)
     return env
 
 
 def coo(st: Stack, *args: str, timeout: float = 60, **extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*COO, *args], capture_output=True, text=True, timeout=timeout, env=cli_env(st, **extra))
+    return subprocess.run([*COO, *args], capture_output=True, text=True, check=False, timeout=timeout,
+                          env=cli_env(st, **extra))
 
 
 def coo_many(st: Stack, calls: list[tuple[tuple[str, ...], dict[str, str]]]) -> list[subprocess.CompletedProcess]:
@@ -69,7 +77,7 @@ def one_line_error(res: subprocess.CompletedProcess, *needles: str, code: int = 
 
 
 @pytest.fixture(scope="module")
-def done(stack):  # noqa: F811 - the imported fixture
+def done(stack):
     """One completed mission, and its trace in Jaeger."""
     m = stack.submit("write a FizzBuzz function with tests")
     m = stack.wait(m["mission_id"], {"completed", "failed"})

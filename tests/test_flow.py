@@ -28,8 +28,8 @@ def _artifact(m):
 
 
 def _run(m, ok=True):
-    return sandbox_pb2.SandboxResult(run_id=m.awaiting, mission_id=m.mission_id,
-                                     outcome=sandbox_pb2.SANDBOX_OUTCOME_OK if ok else sandbox_pb2.SANDBOX_OUTCOME_FAILED,
+    outcome = sandbox_pb2.SANDBOX_OUTCOME_OK if ok else sandbox_pb2.SANDBOX_OUTCOME_FAILED
+    return sandbox_pb2.SandboxResult(run_id=m.awaiting, mission_id=m.mission_id, outcome=outcome,
                                      exit_code=0 if ok else 1)
 
 
@@ -134,8 +134,9 @@ def test_backpressure_hard_pauses_a_large_plan():
 
 
 def test_budget_refusal_fails_or_pauses():
-    refusal = lambda m: agent_pb2.AgentResult(task_id=m.awaiting, mission_id="m-1", ok=False,
-                                              error_kind=agent_pb2.ERROR_KIND_BUDGET_EXCEEDED, error="mission limit")
+    def refusal(m):
+        return agent_pb2.AgentResult(task_id=m.awaiting, mission_id="m-1", ok=False,
+                                     error_kind=agent_pb2.ERROR_KIND_BUDGET_EXCEEDED, error="mission limit")
     m = _mission()
     step = flow.on_agent_result(m, refusal(m), POLICY)
     assert m.status == S.MISSION_STATUS_BUDGET_EXCEEDED and step.finished
@@ -253,8 +254,8 @@ def test_a_run_that_ran_no_test_is_not_a_success():
     m = _mission()
     flow.on_agent_result(m, _plan(m), BIG)
     flow.on_agent_result(m, _files(m, {"stack.py": "x"}), BIG)
-    flow.on_sandbox_result(m, _green(m, stderr="\n----------------------------------------------------------------------"
-                                               "\nRan 0 tests in 0.000s\n\nOK\n"), BIG)
+    stderr = "\n" + "-" * 70 + "\nRan 0 tests in 0.000s\n\nOK\n"
+    flow.on_sandbox_result(m, _green(m, stderr=stderr), BIG)
     step = flow.on_agent_result(m, _qa(m, True), BIG)
     assert "qa.overruled" in _types(step) and "ran no test" in m.tasks[0].last_feedback
     pytest_none = sandbox_pb2.SandboxResult(outcome=sandbox_pb2.SANDBOX_OUTCOME_FAILED, exit_code=5,

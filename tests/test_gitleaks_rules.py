@@ -13,10 +13,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from coo.common import gitleaks_rules as gl
-from coo.common import secret_patterns as sp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from coo.common import gitleaks_rules as gl
+from coo.common import secret_patterns as sp
 
 ROOT = Path(__file__).resolve().parent.parent
 GEN = ROOT / "scripts" / "gen_gitleaks_rules.py"
@@ -42,7 +43,8 @@ def test_checked_in_rules_are_current():
 def test_a_stale_copy_is_detected(tmp_path):
     gen = _gen()
     toml = tmp_path / "gitleaks.toml"
-    toml.write_text('[[rules]]\nid = "demo-token"\nregex = \'\'\'\\b(demo_[a-z0-9]{20})\\b\'\'\'\nkeywords = ["demo_"]\n')
+    toml.write_text('[[rules]]\nid = "demo-token"\n'
+                    'regex = \'\'\'\\b(demo_[a-z0-9]{20})\\b\'\'\'\nkeywords = ["demo_"]\n')
     out = tmp_path / "rules.py"
     assert gen.main(["--toml", str(toml), "--out", str(out)]) == 0
     assert gen.main(["--toml", str(toml), "--out", str(out), "--check"]) == 0
@@ -93,7 +95,7 @@ def test_alternatives_become_separate_rules_and_secret_group_is_honoured():
                                                  "sonartoken", "sonar_token", "sonar.token", "sonar-token")}
 
 
-_RULES = [r for r in gl.RULES]
+_RULES = list(gl.RULES)
 
 
 @settings(max_examples=600, deadline=None, suppress_health_check=list(HealthCheck))

@@ -388,21 +388,22 @@ def test_api_and_cli_page_filter_and_retain(orchestrator):
     env = {**os.environ, "COO_API_URL": orchestrator.url("orchestrator"), "COO_API_READ_TOKEN": TEST_READ_TOKEN}
     env.pop("COO_API_TOKEN", None)
     coo = [sys.executable, "-m", "coo.cli"]
-    every = subprocess.run([*coo, "missions", "--all", "--limit", "7", "--json"], check=False, capture_output=True, text=True,
-                           env=env, timeout=60)
+    every = subprocess.run([*coo, "missions", "--all", "--limit", "7", "--json"], check=False, capture_output=True,
+                           text=True, env=env, timeout=60)
     assert every.returncode == 0, every.stderr
     body = json.loads(every.stdout)
     assert body["count"] == 32 and len({m["mission_id"] for m in body["missions"]}) == 32
-    page = subprocess.run([*coo, "missions", "--limit", "5", "--json"], check=False, capture_output=True, text=True, env=env,
-                          timeout=60)
+    page = subprocess.run([*coo, "missions", "--limit", "5", "--json"], check=False, capture_output=True, text=True,
+                          env=env, timeout=60)
     one = json.loads(page.stdout)
     assert one["count"] == 5 and one["total"] == 32 and one["next_cursor"]
     after = subprocess.run([*coo, "missions", "--limit", "5", "--cursor", one["next_cursor"], "--json"],
                            check=False, capture_output=True, text=True, env=env, timeout=60)
     assert [m["mission_id"] for m in json.loads(after.stdout)["missions"]] == ids[5:10]
-    human = subprocess.run([*coo, "missions", "--limit", "5"], check=False, capture_output=True, text=True, env=env, timeout=60)
+    human = subprocess.run([*coo, "missions", "--limit", "5"], check=False, capture_output=True, text=True, env=env,
+                           timeout=60)
     assert human.returncode == 0 and "--cursor" in human.stdout and "32" in human.stdout
-    bad = subprocess.run([*coo, "missions", "--cursor", "garbage!"], check=False, capture_output=True, text=True, env=env,
-                         timeout=60)
+    bad = subprocess.run([*coo, "missions", "--cursor", "garbage!"], check=False, capture_output=True, text=True,
+                         env=env, timeout=60)
     assert bad.returncode != 0 and "cursor" in bad.stderr and "Traceback" not in bad.stderr
     assert TEST_TOKEN not in every.stdout + every.stderr

@@ -15,7 +15,8 @@ import pytest
 
 from tests.harness import TEST_READ_TOKEN, TEST_TOKEN, ServiceStack, process_stack
 
-pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed (make test installs it)")
+pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None,
+                                reason="bubblewrap is not installed (make test installs it)")
 
 
 @pytest.fixture(scope="module")
@@ -210,21 +211,21 @@ def test_coo_run_waits_and_prints_json(stack):
     env = {**os.environ, "COO_API_URL": stack.url("orchestrator"), "COO_API_TOKEN": TEST_TOKEN}
     coo = [sys.executable, "-m", "coo.cli"]
     res = subprocess.run([*coo, "run", "write a FizzBuzz function with tests", "--wait", "--json", "--budget", "0.5"],
-                         capture_output=True, text=True, env=env, timeout=120)
+                         capture_output=True, text=True, env=env, check=False, timeout=120)
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
     assert out["status"] == "completed" and out["cost_usd"] > 0 and re.fullmatch(r"[0-9a-f]{32}", out["trace_id"])
     assert stack.mission(out["mission_id"])["budget_usd"] == 0.5
 
     human = subprocess.run([*coo, "run", "write a word counter", "--wait"], capture_output=True, text=True, env=env,
-                           timeout=120)
+                           check=False, timeout=120)
     assert human.returncode == 0, human.stderr
     assert "completed" in human.stdout and "trace" in human.stdout and "cost $" in human.stdout
 
-    bad = subprocess.run([*coo, "run", "x"], capture_output=True, text=True, timeout=60,
+    bad = subprocess.run([*coo, "run", "x"], capture_output=True, text=True, check=False, timeout=60,
                          env={**env, "COO_API_TOKEN": "wrong"})
     assert bad.returncode == 1 and "invalid token" in bad.stderr and "Traceback" not in bad.stderr
-    down = subprocess.run([*coo, "run", "x"], capture_output=True, text=True, timeout=60,
+    down = subprocess.run([*coo, "run", "x"], capture_output=True, text=True, check=False, timeout=60,
                           env={**env, "COO_API_URL": "http://127.0.0.1:9"})
     assert down.returncode == 1 and "not reachable" in down.stderr
 
@@ -250,7 +251,7 @@ def test_budget_alert_webhook_closes_admission_in_its_scope(stack):
         env = {**os.environ, "COO_API_URL": stack.url("orchestrator"), "COO_API_READ_TOKEN": TEST_READ_TOKEN}
         env.pop("COO_API_TOKEN", None)
         shown = subprocess.run([sys.executable, "-m", "coo.cli", "status"], capture_output=True, text=True,
-                               env=env, timeout=60)
+                               env=env, check=False, timeout=60)
         assert "closed for the daily budget" in shown.stdout
         events = api.get("/v1/system/timeline").json()["events"]
         assert any(e["type"] == "admission.closed" and e["attributes"]["scope"] == "daily" for e in events)

@@ -20,7 +20,8 @@ import pytest
 
 from tests.harness import TEST_TOKEN, ServiceStack, process_stack
 
-pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed (make test installs it)")
+pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None,
+                                reason="bubblewrap is not installed (make test installs it)")
 
 RPN = "Build an RPN calculator on top of a stack, with tests"
 INVENTORY = "Build an inventory with a stock ledger and a stock report, with tests"
@@ -141,7 +142,8 @@ def test_an_answer_cut_off_is_retried_with_a_larger_limit(stack):
     assert done["status"] == "completed", done   # QA's cap of 1024 cut its answer; 2048 fits
     too_long = _run(stack, "write a Roman numerals converter with tests [mock:long=5000]")
     assert too_long["status"] == "failed"
-    assert too_long["error"] == "planning failed: the answer was cut off at the output limit twice (2048, then 4096 tokens)"
+    assert too_long["error"] == ("planning failed: the answer was cut off at the output limit twice "
+                                 "(2048, then 4096 tokens)")
 
 
 def test_backpressure_fires_with_the_defaults_and_resume_accepts_it(stack):

@@ -16,6 +16,7 @@ import subprocess
 import time
 
 import pytest
+
 from coo.sandbox.backends import (
     BubblewrapBackend,
     DockerBackend,
@@ -160,7 +161,7 @@ def test_output_capture_caps_and_keeps_tail() -> None:
 
 
 def test_classify_signals() -> None:
-    common = dict(deadline_hit=False, output_limited=False, stderr_tail=b"", cpu_seconds=5)
+    common = {"deadline_hit": False, "output_limited": False, "stderr_tail": b"", "cpu_seconds": 5}
     assert classify(exit_code=0, signal=None, duration=0.1, **common) == "ok"
     assert classify(exit_code=2, signal=None, duration=0.1, **common) == "failed"
     assert classify(exit_code=152, signal=24, duration=5.0, **common) == "timeout"  # SIGXCPU
@@ -303,7 +304,7 @@ async def test_fork_bomb_is_contained(bwrap: BubblewrapBackend) -> None:
     assert time.monotonic() - started < 8
     assert_no_leftovers(bwrap)
     # The host is unaffected: it still starts processes at once.
-    host = subprocess.run(["true"], timeout=5)
+    host = subprocess.run(["true"], check=False, timeout=5)
     assert host.returncode == 0
 
 
@@ -472,7 +473,7 @@ print(json.dumps({
         "PYTHONDONTWRITEBYTECODE": "1",
         "TMPDIR": "/work",
     }
-    assert set(v.split("=", 1)[0] for v in info["pid1_environ"].split("\0") if v) <= {
+    assert {v.split("=", 1)[0] for v in info["pid1_environ"].split("\0") if v} <= {
         "PATH", "LANG"}
 
 

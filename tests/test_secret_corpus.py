@@ -17,8 +17,8 @@ from typing import Any
 
 import httpx
 import pytest
-from coo.common.scrub import naive_scrub_text, scrub_text, structlog_processor
 
+from coo.common.scrub import naive_scrub_text, scrub_text, structlog_processor
 from tests.secret_corpus import Record, benign_records, leaked, secret_records
 from tests.test_observability_tools import (  # noqa: F401 - fixtures
     _audit_records,

@@ -145,8 +145,8 @@ def test_switched_off_event_types_never_reach_the_timeline(make_stack):
     # switched off: never recorded, by any service
     assert "sandbox.executed" not in types and "task.started" not in types, types
     # the others are there, and a final status cannot be switched off (timeline.ALWAYS_ON)
-    assert {"mission.created", "status.changed", "mission.planned", "task.reviewed", "mission.completed"} <= set(types), \
-        types
+    final = {"mission.created", "status.changed", "mission.planned", "task.reviewed", "mission.completed"}
+    assert final <= set(types), types
 
 
 # -------------------------------------------------------------------------------- SIGTERM
@@ -196,7 +196,8 @@ def test_sigterm_says_why_hands_back_what_it_holds_at_once_and_flushes_telemetry
         m = stack.submit(FIZZBUZZ + " [mock:slow=60]")   # the planner's LLM call takes a minute
         url = stack.nats.url
         held = wait_for("the agent holds the planning task",
-                        lambda: (s := consumer_state(url, topology.STREAM_TASKS, "agent-coo"))["ack_pending"] == 1 and s)
+                        lambda: ((s := consumer_state(url, topology.STREAM_TASKS, "agent-coo"))["ack_pending"] == 1
+                                 and s))
         assert held["ack_wait"] >= 30
         naks = Advisories(url, f"$JS.EVENT.ADVISORY.CONSUMER.MSG_NAKED.{topology.STREAM_TASKS}.agent-coo")
         log_before = len(stack.log("agent"))

@@ -38,8 +38,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 
     if not f.FIGURES:
         return
-    budget = {"test_faults.py": 150, "test_cluster.py": 240, "test_load.py": 120, "test_bad_input.py": 150, "test_sandbox_attacks.py": 60,
-              "test_secret_leaks.py": 120, "test_scrub_corpus.py": 120}
+    budget = {"test_faults.py": 150, "test_cluster.py": 240, "test_load.py": 120, "test_bad_input.py": 150,
+              "test_sandbox_attacks.py": 60, "test_secret_leaks.py": 120, "test_scrub_corpus.py": 120}
     for path, seconds in sorted(_DURATIONS.items()):
         name = path.rsplit("/", 1)[-1]
         rec = f.Recorder(f"{path}::(runtime)")

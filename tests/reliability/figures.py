@@ -66,7 +66,7 @@ def command_for(nodeid: str) -> str:
 def fmt(value: float | int | None, unit: str = "", digits: int = 2) -> str:
     if value is None:
         return "n/a"
-    if isinstance(value, int) or float(value).is_integer() and abs(value) >= 100:
+    if isinstance(value, int) or (float(value).is_integer() and abs(value) >= 100):
         return f"{int(value)}{unit}"
     return f"{value:.{digits}f}{unit}"
 
@@ -136,7 +136,7 @@ AREA_TITLES = {
 
 
 def write_doc(figs: list[Figure]) -> Path:
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     here = machine()
     for f in figs:
         f.date, f.machine = f.date or stamp, f.machine or here

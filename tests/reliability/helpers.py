@@ -4,9 +4,9 @@ budget figures over the bus, waiting for missions, percentiles."""
 from __future__ import annotations
 
 import asyncio
-import os
 import json
 import math
+import os
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -89,7 +89,7 @@ def budget_status(nats_url: str, mission_ids: Iterable[str]) -> dict[str, dict]:
         out: dict[str, dict] = {}
         try:
             client = BudgetClient(bus, timeout=10)
-            for mid in [""] + list(mission_ids):
+            for mid in ["", *mission_ids]:
                 reply = await client.status(mission_id=mid)
                 for s in reply.scopes:
                     name = {1: s.key, 2: "daily", 3: "monthly"}.get(s.scope, s.key)

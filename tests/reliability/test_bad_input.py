@@ -9,6 +9,7 @@ dead-lettered).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -116,10 +117,8 @@ def proto_strategy(desc, real_ids: list[str], depth: int = 0) -> st.SearchStrate
             elif f.is_repeated:
                 getattr(msg, f.name).extend(draw(st.lists(_scalar(f, real_ids), max_size=4)))
             else:
-                try:
+                with contextlib.suppress(ValueError, TypeError):  # a value protobuf refuses: the field stays unset
                     setattr(msg, f.name, draw(_scalar(f, real_ids)))
-                except (ValueError, TypeError):
-                    pass
         return msg
 
     return build()
@@ -312,7 +311,7 @@ def test_fuzzed_bus_messages_are_handled_or_dead_lettered(stack, figures):
     plan: list[tuple[str, str, str, bytes, dict]] = []   # (template, subject, kind, data, headers)
     for template, cls in SUBJECTS.items():
         subjects = st.just(template) if "{id}" not in template else st.builds(
-            lambda t: template.replace("{id}", t),
+            lambda t, template=template: template.replace("{id}", t),
             st.one_of(st.sampled_from(real), st.text(alphabet="abcdefm-0123456789", min_size=1, max_size=20)))
         role = template.rsplit(".", 1)[-1]
         for subject, (kind, data), hdrs in collect(st.tuples(subjects, payload(cls, real, role), headers(cls))):
@@ -397,8 +396,8 @@ def test_fuzzed_bus_messages_are_handled_or_dead_lettered(stack, figures):
                 note="; ".join(sorted(set(nan))[:3]))
     if os.environ.get("COO_RELIABILITY_DEBUG"):
         with open(os.environ["COO_RELIABILITY_DEBUG"], "w") as fh:
-            json.dump({"retried": [(p, d) for p, d in retried], "unsettled": unsettled, "busy": busy, "root": str(stack.root)},
-                      fh, indent=1, default=str)
+            json.dump({"retried": [(p, d) for p, d in retried], "unsettled": unsettled, "busy": busy,
+                       "root": str(stack.root)}, fh, indent=1, default=str)
     assert not dead, dead
     assert not lost, unsettled
 
@@ -473,7 +472,7 @@ def test_malformed_advisories_do_not_break_the_dlq(stack, figures):
                json.dumps({"stream": "COO_RESULTS", "stream_seq": 10**30}).encode(),
                json.dumps({"stream": "", "stream_seq": 0, "timestamp": ["x"]}).encode(),
                b"{" * 5000]
-    garbage += [d for d in collect(st.binary(max_size=256), 10)]
+    garbage += list(collect(st.binary(max_size=256), 10))
 
     async def publish():
         nc = await _nats(stack)
@@ -501,16 +500,15 @@ def test_malformed_advisories_do_not_break_the_dlq(stack, figures):
                 else:
                     statuses[f"replay {api.post(f'/v1/dlq/{attempt}/replay').status_code}"] += 1
             except httpx.HTTPError as exc:
-                statuses[f"{'GET /v1/dlq' if attempt == 'list' else 'replay'} no answer ({type(exc).__name__}) 5xx"] += 1
+                what = "GET /v1/dlq" if attempt == "list" else "replay"
+                statuses[f"{what} no answer ({type(exc).__name__}) 5xx"] += 1
 
     async def remove():   # the garbage must not break the DLQ for the rest of the suite
         nc = await _nats(stack)
         try:
             for seq in seqs:
-                try:
+                with contextlib.suppress(Exception):  # replayed (and so deleted) already
                     await nc.jetstream().delete_msg(topology.STREAM_DLQ, seq)
-                except Exception:  # noqa: BLE001 - replayed (and so deleted) already
-                    pass
         finally:
             await nc.close()
 
@@ -551,11 +549,11 @@ def test_schemathesis_finds_no_server_error(stack, figures):
                     resp = case.call(base_url=base, headers=auth, timeout=15)
                 except Exception as exc:  # noqa: BLE001 - a connection reset is a finding too
                     statuses["no answer"] += 1
-                    errors.append(f"{op.method.upper()} {op.path}: {type(exc).__name__}")
+                    errors.append(f"{op.method.upper()} {op.path}: {type(exc).__name__}")  # noqa: B023 - run() runs now
                     return
                 statuses[resp.status_code] += 1
                 if resp.status_code >= 500:
-                    errors.append(f"{op.method.upper()} {op.path} → {resp.status_code} {resp.text[:80]}")
+                    errors.append(f"{op.method.upper()} {op.path} → {resp.status_code} {resp.text[:80]}")  # noqa: B023 - run() runs now
 
             try:
                 run()
@@ -586,7 +584,7 @@ def _tidy_after_api_fuzz(stack) -> None:
 # --------------------------------------------------------------------------------- CLI
 def _cli_commands() -> list[str]:
     out = subprocess.run([sys.executable, "-m", "coo.cli", "--help"], capture_output=True, text=True,
-                         timeout=60, env={**os.environ, "COLUMNS": "200"}).stdout
+                         check=False, timeout=60, env={**os.environ, "COLUMNS": "200"}).stdout
     return re.findall(r"^│ ([a-z][a-z-]+)\s{2,}", out, re.M)
 
 
@@ -601,7 +599,7 @@ def test_cli_bad_arguments_never_traceback(tmp_path, figures):
     token = st.one_of(st.sampled_from(commands), bad_token, st.text(max_size=20),
                       st.sampled_from(["--json", "--budget", "-1", "nan", "1e309", "--status", "nonsense",
                                        "m-does-not-exist", "", "--", "-", "\x00".replace("\x00", "%00")]))
-    argvs = collect(st.tuples(st.sampled_from(commands + ["", "no-such-command"]), st.lists(token, max_size=4),
+    argvs = collect(st.tuples(st.sampled_from([*commands, "", "no-such-command"]), st.lists(token, max_size=4),
                               bad_token), max(20, EXAMPLES))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("COO_", "OTEL_"))}
     env.update({"COO_API_URL": "http://127.0.0.1:9", "COO_API_TOKEN": "x", "COO_STATE_DIR": str(tmp_path),
@@ -617,7 +615,7 @@ def test_cli_bad_arguments_never_traceback(tmp_path, figures):
         argv = [a for a in argv if "\x00" not in a]
         try:
             res = subprocess.run([sys.executable, "-m", "coo.cli", *argv], capture_output=True, text=True,
-                                 timeout=30, env=env, cwd=tmp_path, stdin=subprocess.DEVNULL)
+                                 check=False, timeout=30, env=env, cwd=tmp_path, stdin=subprocess.DEVNULL)
         except subprocess.TimeoutExpired:
             return argv, None, ""
         return argv, res.returncode, res.stdout + res.stderr

@@ -198,7 +198,8 @@ def test_missions_survive_losing_a_nats_node(tmp_path, figures):
         paused = _pause(cluster, watcher, PAUSE_SECONDS)
         problems += _check_round("pause", stack, cluster, ids2, [paused], figures, before)
         with httpx.Client() as http:
-            replicas = {n.name: http.get(f"{n.monitor_url}/jsz", timeout=5).json().get("streams") for n in cluster.nodes}
+            replicas = {n.name: http.get(f"{n.monitor_url}/jsz", timeout=5).json().get("streams")
+                        for n in cluster.nodes}
         figures.add("cluster", "streams on each node at the end", ", ".join(f"{k} {v}" for k, v in replicas.items()),
                     note="every stream and bucket has a copy on every node (R3)")
         assert not problems, problems

@@ -9,6 +9,8 @@ to recover, and the longest stretch without progress.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import os
 import random
 import threading
@@ -74,7 +76,7 @@ class ProgressWatcher(threading.Thread):
 
     def longest_gap(self, start: float, end: float) -> float:
         marks = sorted([start] + [e for e in self.events if start < e < end] + [end])
-        return max(b - a for a, b in zip(marks, marks[1:]))
+        return max(b - a for a, b in itertools.pairwise(marks))
 
 
 # What counts as "did work" for each service, read from its own /metrics (counters restart at 0).
@@ -95,10 +97,8 @@ def _work_done(url: str, metric: str, label: str) -> float:
     total = 0.0
     for line in text.splitlines():
         if line.startswith(metric) and (not label or label in line):
-            try:
+            with contextlib.suppress(ValueError):  # not a sample line (a comment, NaN written oddly)
                 total += float(line.rsplit(" ", 1)[1])
-            except ValueError:
-                pass
     return total
 
 
@@ -191,7 +191,7 @@ def test_missions_survive_sigkill_of_every_service_and_nats(tmp_path, figures):
             goals.append(goal)
         t_submit = time.time()
         with ThreadPoolExecutor(8) as pool:
-            missions = list(pool.map(lambda g: stack.submit(g), goals))
+            missions = list(pool.map(stack.submit, goals))
         ids = [m["mission_id"] for m in missions]
         watcher.start()
 
@@ -235,8 +235,8 @@ def test_missions_survive_sigkill_of_every_service_and_nats(tmp_path, figures):
             import json
             from pathlib import Path
             Path(os.environ["COO_RELIABILITY_DEBUG"]).write_text(json.dumps(
-                {"t_submit": t_submit, "kills": [{**k, "first": None} for k in kills], "events": sorted(watcher.events), "root": str(tmp_path), "snapshots": watcher.snapshots,
-                 "final": final}, indent=1))
+                {"t_submit": t_submit, "kills": [{**k, "first": None} for k in kills], "events": sorted(watcher.events),
+                 "root": str(tmp_path), "snapshots": watcher.snapshots, "final": final}, indent=1))
         # ---------------------------------------------------------- the figures
         statuses = {i: final.get(i, {}).get("status", "unknown") for i in ids}
         lost = [i for i, s in statuses.items() if s not in helpers.FINAL]

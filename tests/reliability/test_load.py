@@ -141,7 +141,8 @@ def test_rising_load_meets_backpressure_not_collapse(tmp_path, figures):
                     ok=held is not None)
         retry_after = sorted({r["retry_after"] for r in all_refused})
         figures.add("load", "past it: refused with 429", len(all_refused),
-                    note=f"admission bound COO_MAX_LIVE_MISSIONS={MAX_LIVE}; Retry-After {', '.join(map(str, retry_after))}"
+                    note=(f"admission bound COO_MAX_LIVE_MISSIONS={MAX_LIVE}; "
+                          f"Retry-After {', '.join(map(str, retry_after))}")
                     if all_refused else "backpressure never engaged")
         figures.add("load", "429 without Retry-After", sum(1 for r in all_refused if not r["retry_after"]),
                     target="0", ok=all(r["retry_after"] for r in all_refused))
@@ -154,7 +155,8 @@ def test_rising_load_meets_backpressure_not_collapse(tmp_path, figures):
                     note=", ".join(f"{n} exit {c}" for n, c in crashed.items()))
         lat = [r["latency"] for r in records if isinstance(r["status"], int)]
         figures.add("load", "POST /v1/missions latency p50 / p95 / max",
-                    f"{fmt(helpers.percentile(lat, 50) * 1000, 'ms', 0)} / {fmt(helpers.percentile(lat, 95) * 1000, 'ms', 0)}"
+                    f"{fmt(helpers.percentile(lat, 50) * 1000, 'ms', 0)}"
+                    f" / {fmt(helpers.percentile(lat, 95) * 1000, 'ms', 0)}"
                     f" / {fmt(max(lat) * 1000, 'ms', 0)}", note="429s included")
         peaks = {n: sampler.peak(n) for n in stack.services}
         first = {n: sampler.peak(n, 0, t_start) for n in stack.services}

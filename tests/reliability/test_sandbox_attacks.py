@@ -8,14 +8,15 @@ Each attack is one row: what it tried, the run's outcome, and whether it was con
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import pytest
 
@@ -35,7 +36,7 @@ OUTCOMES = {v: k.removeprefix("SANDBOX_OUTCOME_").lower() for k, v in sandbox_pb
 class Attack:
     name: str
     code: str | None                      # main.py; None: ``command`` alone
-    check: Callable[[dict, "Ctx"], tuple[bool, str]]
+    check: Callable[[dict, Ctx], tuple[bool, str]]
     command: list[str] | None = None
     limits: dict | None = None
     files: dict | None = None
@@ -196,7 +197,8 @@ print(json.dumps({"mib": written, "err": err}))
 OUTSIDE = """
 import json
 res = {}
-for path in ["/x", "/usr/x", "OUTSIDE", "/etc/x", "/dev/x", "/tmp/x", "/proc/sys/kernel/hostname", "/proc/x", "/work/ok"]:
+for path in ["/x", "/usr/x", "OUTSIDE", "/etc/x", "/dev/x", "/tmp/x", "/proc/sys/kernel/hostname", "/proc/x",
+             "/work/ok"]:
     try:
         with open(path, "w") as fh:
             fh.write("data")
@@ -321,8 +323,8 @@ def check_outside(r, ctx):
     info = probe(r)
     written = [p for p, v in info.items() if v == "written" and p != "/work/ok"]
     ok = bool(info) and info.get("/work/ok") == "written" and not written and not os.path.exists(ctx.outside)
-    return ok, ("/, /usr, /usr/local, /etc, /dev, /tmp, /proc: " + ", ".join(sorted(set(
-        v for p, v in info.items() if p != "/work/ok")))) if ok else f"WRITTEN: {written}"
+    return ok, ("/, /usr, /usr/local, /etc, /dev, /tmp, /proc: " + ", ".join(sorted({
+        v for p, v in info.items() if p != "/work/ok"}))) if ok else f"WRITTEN: {written}"
 
 
 def check_secrets(r, ctx):
@@ -371,8 +373,8 @@ def attacks(ctx: Ctx) -> list[Attack]:
         Attack("memory bomb", MEMORY_BOMB, check_outcome("memory"), limits={"memory_mb": 128}),
         Attack("CPU loop", CPU_LOOP, check_outcome("timeout", max_seconds=15),
                limits={"cpu_seconds": 1, "timeout_seconds": 20}),
-        Attack("long sleep", None, check_outcome("timeout", max_seconds=5), command=["sh", "-c", "sleep 3600; true", MARK],
-               limits={"timeout_seconds": 2}),
+        Attack("long sleep", None, check_outcome("timeout", max_seconds=5),
+               command=["sh", "-c", "sleep 3600; true", MARK], limits={"timeout_seconds": 2}),
         Attack("endless output", OUTPUT, check_output, limits={"max_output_bytes": 10_000, "timeout_seconds": 10}),
         Attack("disk fill", DISK_FILL, check_disk, limits={"tmpfs_mb": 16, "max_file_mb": 16}),
         Attack("inode exhaustion: a million empty files", INODES, check_inodes, limits={"timeout_seconds": 30}),
@@ -406,10 +408,8 @@ async def run_all(stack, runs: list[tuple[str, sandbox_pb2.SandboxRun]], timeout
     for _, run in runs:
         await js.publish(topology.SANDBOX_RUNS, run.SerializeToString(),
                          headers={"Coo-Type": "coo.v1.SandboxRun", "Nats-Msg-Id": run.run_id})
-    try:
+    with contextlib.suppress(TimeoutError):  # the results that came are the findings
         await asyncio.wait_for(done.wait(), timeout)
-    except asyncio.TimeoutError:
-        pass
     await nc.close()
     return results
 
@@ -459,11 +459,13 @@ def run_attack_suite(tmp_path, figures, *, backend: str, area: str, note: str, e
             assert CANARY.encode() in fh.read(), "the canary is not in the sandbox service's environment"
 
         plan = attacks(ctx)
-        runs = [(a.name, make_run(a, "m-attack")) for a in plan if a.name != "signalling the parent, pid 1 and everyone"]
-        leave, look = make_run(Attack("leave", LEAVE, None), "m-attack"), make_run(Attack("look", LOOK, None), "m-attack")
+        runs = [(a.name, make_run(a, "m-attack")) for a in plan
+                if a.name != "signalling the parent, pid 1 and everyone"]
+        leave = make_run(Attack("leave", LEAVE, None), "m-attack")
+        look = make_run(Attack("look", LOOK, None), "m-attack")
         bad_name = make_run(Attack("bad", "print(1)", None, files={"../escape.py": "x"}), "m-attack")
         started = time.monotonic()
-        results = asyncio.run(run_all(stack, runs + [("leave", leave), ("bad name", bad_name)]))
+        results = asyncio.run(run_all(stack, [*runs, ("leave", leave), ("bad name", bad_name)]))
         second = asyncio.run(run_all(stack, [("look", look)]))
         # signals last, alone: if it could kill the service, nothing else should be lost with it
         sig = next(a for a in plan if a.name.startswith("signalling"))

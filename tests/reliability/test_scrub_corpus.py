@@ -15,8 +15,8 @@ import uuid
 from pathlib import Path
 
 import httpx
-from coo.common.scrub import naive_scrub_text, scrub_text, structlog_processor
 
+from coo.common.scrub import naive_scrub_text, scrub_text, structlog_processor
 from tests import test_secret_corpus as corpus
 from tests.test_observability_tools import (  # noqa: F401 - fixtures
     _audit_records,
@@ -45,7 +45,8 @@ def _row(figures, channel: str, outputs: list[str]) -> bool:
 
 def test_corpus_figures(stack, figures):  # noqa: F811 - the fixture imported above
     kinds = corpus._kinds(corpus.SECRETS)
-    figures.add("scrubbing", "corpus", f"{len(kinds)} kinds, {len(corpus.SECRETS)} secrets, {len(corpus.BENIGN)} benign",
+    figures.add("scrubbing", "corpus",
+                f"{len(kinds)} kinds, {len(corpus.SECRETS)} secrets, {len(corpus.BENIGN)} benign",
                 target=">= 60 kinds", ok=len(kinds) >= 60,
                 note=f"seed {corpus.secret_records.__defaults__[0]}; shapes: "
                      + ", ".join(sorted({r.shape for r in corpus.SECRETS})))
