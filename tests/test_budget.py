@@ -30,9 +30,9 @@ PRICES = {"t-model": ModelPrice(input_per_mtok=1000.0, output_per_mtok=2000.0)}
 
 
 def make_settings(nats_server, **overrides) -> BudgetSettings:
-    values = dict(nats_url=nats_server.url, budget_pricing=PRICES, budget_mission_usd=1.0,
-                  budget_daily_usd=50.0, budget_monthly_usd=500.0, budget_sweep_interval_seconds=0.2,
-                  budget_gauge_interval_seconds=0.5, budget_stuck_seconds=0.5)
+    values = {"nats_url": nats_server.url, "budget_pricing": PRICES, "budget_mission_usd": 1.0,
+              "budget_daily_usd": 50.0, "budget_monthly_usd": 500.0, "budget_sweep_interval_seconds": 0.2,
+              "budget_gauge_interval_seconds": 0.5, "budget_stuck_seconds": 0.5}
     values.update(overrides)
     return BudgetSettings(**values)
 

@@ -102,7 +102,7 @@ async def test_a_message_after_an_idle_spell_is_handled_at_once(bus):
     for value in ("a", "b", "c"):
         sent = loop.time()
         await bus.publish(subject, StringValue(value=value), msg_id=f"idle-{value}")
-        await _wait_for(lambda: value in handled, timeout=10)
+        await _wait_for(lambda value=value: value in handled, timeout=10)
         assert handled[value] - sent < 0.7, f"{value} waited {handled[value] - sent:.2f} s " \
                                             f"({handled[value] - start:.2f} s after the consumer started)"
         await asyncio.sleep(0.3)

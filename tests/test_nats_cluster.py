@@ -170,7 +170,8 @@ def test_coo_health_checks_every_node_of_the_cluster(cluster_from_components, mo
 
     s = cluster_from_components
     for key, value in {"COO_STATE_DIR": s.state, "COO_NATS_CLUSTER": 3, "COO_NATS_PORT": s.nats_port,
-                       "COO_NATS_MONITOR_PORT": s.nats_monitor_port, "COO_NATS_CLUSTER_PORT": s.nats_cluster_port}.items():
+                       "COO_NATS_MONITOR_PORT": s.nats_monitor_port,
+                       "COO_NATS_CLUSTER_PORT": s.nats_cluster_port}.items():
         monkeypatch.setenv(key, str(value))
     rows = {c["check"]: c for c in health_checks()}
     for i in (1, 2, 3):

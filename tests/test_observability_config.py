@@ -7,8 +7,8 @@ rendered copies, checked with the real tools (promtool, amtool, a real Prometheu
   (services/coo/stack/render.py).
 * Every PromQL expression (alert rules, dashboard panels, dashboard annotations) is run against
   a real Prometheus started here on an empty TSDB: a syntax error is a 400. Every metric it
-  names exists (services/coo/common/metrics.py and each service's metrics.py, mockllm, the collector's own and span metrics),
-  with the labels it has.
+  names exists (services/coo/common/metrics.py and each service's metrics.py, mockllm, the collector's own and span
+  metrics), with the labels it has.
 * Grafana (Docker only): every dashboard parses, every panel and target uses a provisioned data
   source uid.
 * docker-compose.yml validates against the Compose Specification JSON schema and names the
@@ -22,7 +22,6 @@ the mirror's HEAD 170098ba, 2026-06-23), byte for byte (sha256 1f91e091f16b2dd5.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import socket
@@ -60,7 +59,7 @@ def _need(binary: str) -> None:
 
 
 def _run(*args: str | Path, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    res = subprocess.run([str(a) for a in args], cwd=cwd, capture_output=True, text=True, timeout=60)
+    res = subprocess.run([str(a) for a in args], cwd=cwd, capture_output=True, text=True, check=False, timeout=60)
     assert res.returncode == 0, f"{' '.join(map(str, args))} failed:\n{res.stdout}\n{res.stderr}"
     return res
 
@@ -145,7 +144,7 @@ def test_prometheus_targets_local_and_compose():
         for group in json.loads((PROM_DIR / "targets" / "compose" / f"{job}.json").read_text()):
             for target in group["targets"]:
                 host, port = target.rsplit(":", 1)
-                assert host == "localhost" and job == "prometheus" or host in compose, target
+                assert (host == "localhost" and job == "prometheus") or host in compose, target
                 assert port == local[job][0].rsplit(":", 1)[1], target
 
 
@@ -344,10 +343,11 @@ def prometheus(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("prometheus")
     (tmp / "prometheus.yml").write_text("global:\n  scrape_interval: 1m\n")
     port = _free_port()
-    proc = subprocess.Popen(
-        [PROMETHEUS, f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--enable-feature=exemplar-storage"],
-        stdout=subprocess.DEVNULL, stderr=open(tmp / "prometheus.log", "w"))
+    with open(tmp / "prometheus.log", "w") as log:  # the child keeps its own descriptor
+        proc = subprocess.Popen(
+            [PROMETHEUS, f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'data'}",
+             f"--web.listen-address=127.0.0.1:{port}", "--enable-feature=exemplar-storage"],
+            stdout=subprocess.DEVNULL, stderr=log)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 15
