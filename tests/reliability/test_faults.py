@@ -111,14 +111,14 @@ def _budget_answers(nats_url: str) -> bool:
         bus = await Bus.connect("reliability-probe", CommonSettings(nats_url=nats_url), connect_timeout=2)
         try:
             return (await BudgetClient(bus, timeout=1, retries=0).status()).ok or True
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - any failure of the probe is "not answering"
             return False
         finally:
             await bus.close()
 
     try:
         return asyncio.run(main())
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - NATS itself down: "not answering" too
         return False
 
 
