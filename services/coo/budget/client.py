@@ -93,8 +93,9 @@ class BudgetClient:
         req = budget_pb2.ReleaseRequest(reservation_id=reservation_id, mission_id=mission_id, reason=reason)
         return await self._call(SUBJECT_RELEASE, req, budget_pb2.ReleaseReply, mission_id, policy=self._settle_retry)
 
-    async def set_limit(self, scope: int | str, *, mission_id: str = "", limit_usd: float | None = None,
-                        limit_tokens: int | None = None, requested_by: str = "") -> budget_pb2.SetLimitReply:
+    async def set_limit(self, scope: budget_pb2.BudgetScope.ValueType | str, *, mission_id: str = "",
+                        limit_usd: float | None = None, limit_tokens: int | None = None,
+                        requested_by: str = "") -> budget_pb2.SetLimitReply:
         """Set a limit (``scope``: "mission" | "daily" | "monthly" or the enum); None leaves a unit
         unchanged, 0 removes its limit."""
         if isinstance(scope, str):

@@ -88,8 +88,8 @@ def health_checks() -> list[dict]:
 
     nodes = s.nats_nodes()
     for node in nodes:   # one server, or each node of a cluster (current with its meta leader)
-        path = "/healthz?js-enabled-only=true" if len(nodes) == 1 else "/healthz"
-        add(f"{node.component} + jetstream", _http_check(node.monitor_url + path))
+        healthz = "/healthz?js-enabled-only=true" if len(nodes) == 1 else "/healthz"
+        add(f"{node.component} + jetstream", _http_check(node.monitor_url + healthz))
     orchestrator = os.environ.get("COO_API_URL") or s.url(s.orchestrator_port)
     add("orchestrator", _http_check(orchestrator.rstrip("/") + "/readyz", want_json_status=True))
     for name, port in (("agent", s.agent_port), ("budget", s.budget_port), ("sandbox", s.sandbox_port)):

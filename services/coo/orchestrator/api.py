@@ -287,6 +287,7 @@ def create_api(engine: Engine, token: str, read_token: str | None = None) -> Fas
     app.state.api_tokens = [(OPERATOR, token.encode())] + ([(READER, read_token.encode())] if read_token else [])
     app.include_router(missions_router)
     app.include_router(ops_router)
-    app.add_exception_handler(NotReady, not_ready)
+    # Starlette types every handler as taking Exception, though it calls each with its own class only
+    app.add_exception_handler(NotReady, not_ready)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, unexpected)
     return app

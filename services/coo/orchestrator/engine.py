@@ -14,7 +14,9 @@ import os
 import time
 import uuid
 from collections.abc import Callable
+from contextvars import Token
 from datetime import UTC, datetime, timedelta
+from typing import Literal
 
 import nats.errors
 import nats.js.errors
@@ -22,6 +24,7 @@ from google.protobuf.message import Message
 from nats.js.errors import InvalidKeyError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from opentelemetry import context, propagate, trace
+from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind
 
 from coo.common import timeline, topology, validate
@@ -93,8 +96,8 @@ def new_mission_id() -> str:
 
 
 class Engine:
-    def __init__(self, bus: Bus, settings: OrchestratorSettings) -> None:
-        self.bus = bus
+    def __init__(self, bus: Bus | None, settings: OrchestratorSettings) -> None:
+        self._bus = bus                 # None: attached when the service connects (see bus)
         self.settings = settings
         self.policy = flow.Policy(max_retries=settings.max_retries, max_pending_work=settings.max_pending_work,
                                   on_budget_exceeded=settings.budget_on_exceeded,
@@ -116,6 +119,16 @@ class Engine:
         self._admitting: dict[str, float] = {}
         self._purging: dict[str, float] = {}   # purged by this replica, marker not seen yet (id -> when)
         self._me = f"{worker_name()}-{uuid.uuid4().hex[:6]}"
+
+    @property
+    def bus(self) -> Bus:
+        if self._bus is None:
+            raise RuntimeError("the engine has no bus yet (it is attached when the service connects)")
+        return self._bus
+
+    @bus.setter
+    def bus(self, bus: Bus) -> None:
+        self._bus = bus
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -696,15 +709,16 @@ class Engine:
 
 
 class _Attached:
-    def __init__(self, ctx) -> None:
+    def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
-        self._token = None
+        self._token: Token[Context] | None = None
 
-    def __enter__(self):
+    def __enter__(self) -> None:
         self._token = context.attach(self._ctx)
 
-    def __exit__(self, *exc):
-        context.detach(self._token)
+    def __exit__(self, *exc: object) -> Literal[False]:
+        if self._token is not None:
+            context.detach(self._token)
         return False
 
 

@@ -12,6 +12,7 @@ resume) dispatches it again under the same id (the bus deduplicates by that id).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TypeAlias
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -32,11 +33,14 @@ _REMAINING = {KIND_ENGINEER: 3, KIND_SANDBOX: 2, KIND_QA: 1}
 WORK_PER_TASK = 3
 
 
-def status_name(status: int) -> str:
+Status: TypeAlias = mission_pb2.MissionStatus.ValueType   # (int at run time)
+
+
+def status_name(status: Status) -> str:
     return S.MissionStatus.Name(status).removeprefix("MISSION_STATUS_").lower()
 
 
-def status_value(name: str) -> int:
+def status_value(name: str) -> Status:
     return S.MissionStatus.Value("MISSION_STATUS_" + name.upper())
 
 
@@ -77,7 +81,7 @@ class Step:
 
 # ------------------------------------------------------------------------ helpers
 
-def _set_status(m: mission_pb2.Mission, status: int, step: Step, reason: str = "") -> None:
+def _set_status(m: mission_pb2.Mission, status: Status, step: Step, reason: str = "") -> None:
     if m.status == status:
         return
     before = m.status
@@ -106,7 +110,7 @@ def _await(m: mission_pb2.Mission, kind: str, step: Step) -> None:
     step.dispatch = True
 
 
-def finish(m: mission_pb2.Mission, status: int, step: Step, reason: str) -> None:
+def finish(m: mission_pb2.Mission, status: Status, step: Step, reason: str) -> None:
     if status == S.MISSION_STATUS_FAILED:
         m.error = reason
     _set_status(m, status, step, reason)
@@ -248,7 +252,7 @@ def _on_plan(m: mission_pb2.Mission, r: agent_pb2.AgentResult, policy: Policy, s
     _after_plan(m, next_status, step)
 
 
-def _after_plan(m: mission_pb2.Mission, next_status: int, step: Step) -> None:
+def _after_plan(m: mission_pb2.Mission, next_status: Status, step: Step) -> None:
     if next_status == S.MISSION_STATUS_AWAITING_APPROVAL:
         _set_status(m, S.MISSION_STATUS_AWAITING_APPROVAL, step)
         step.event("approval.requested", "the plan waits for an operator's approval")
