@@ -149,7 +149,7 @@ _STATUS_KINDS = {400: "bad_request", 401: "auth", 403: "auth", 404: "not_found",
                  409: "conflict", 413: "too_large", 422: "bad_request", 429: "rate_limit"}
 
 
-def _short(text: str, limit: int = 300) -> str:
+def _short(text: object, limit: int = 300) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
 

@@ -287,7 +287,7 @@ def _files(files) -> list[dict[str, str]]:
     return [{"name": f.name, "content": f.content} for f in files]
 
 
-def _outcome(value: int) -> str:
+def _outcome(value: sandbox_pb2.SandboxOutcome.ValueType) -> str:
     name = sandbox_pb2.SandboxOutcome.Name(value) if value in sandbox_pb2.SandboxOutcome.values() else ""
     name = name.removeprefix("SANDBOX_OUTCOME_").lower()
     return "error" if name in ("", "unspecified") else name

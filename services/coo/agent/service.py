@@ -70,7 +70,7 @@ _TRANSPORT_ERRORS = (nats.errors.Error, asyncio.TimeoutError, TimeoutError, Conn
 class _Failure(Exception):
     """Ends the task with ok=false (``label`` is the bounded outcome of metrics and spans)."""
 
-    def __init__(self, kind: int, message: str, label: str) -> None:
+    def __init__(self, kind: agent_pb2.ErrorKind.ValueType, message: str, label: str) -> None:
         super().__init__(message)
         self.kind = kind
         self.label = label
@@ -108,7 +108,7 @@ def _now() -> Timestamp:
     return ts
 
 
-def _short(text: str, limit: int = 500) -> str:
+def _short(text: object, limit: int = 500) -> str:
     text = str(text)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
@@ -303,7 +303,7 @@ class Agent:
                       " answer more concisely)")
         return answer, error
 
-    def _transient(self, run_: _Run, message: str, kind: int, label: str) -> Exception:
+    def _transient(self, run_: _Run, message: str, kind: agent_pb2.ErrorKind.ValueType, label: str) -> Exception:
         """Retry later, unless this delivery is the last one allowed: then end the task."""
         n = run_.delivery.num_delivered
         if n >= self.settings.agent_final_delivery:
