@@ -46,7 +46,7 @@ class CommonSettings(BaseSettings):
         "handed back (nak: JetStream redelivers it at once, to another replica or after a restart)")
 
     @model_validator(mode="after")
-    def _read_nats_password_file(self) -> "CommonSettings":
+    def _read_nats_password_file(self) -> CommonSettings:
         """``COO_NATS_PASSWORD_FILE`` fills ``nats_password`` (an explicit password wins)."""
         if self.nats_password is None and self.nats_password_file is not None:
             try:

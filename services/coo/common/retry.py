@@ -88,7 +88,7 @@ class Policy:
         if self.initial <= 0 or failures < 1:
             return 0.0
         ceiling = min(self.maximum, self.initial * 2.0 ** min(failures - 1, 64))
-        return ceiling * (1.0 - self.jitter * random.random())
+        return ceiling * (1.0 - self.jitter * random.random())  # noqa: S311 - jitter, not a secret
 
     def _wait(self, failures: int, start: float) -> float:
         """:meth:`delay`, cut to what is left of the deadline: the last try comes at the deadline."""

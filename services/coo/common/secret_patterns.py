@@ -82,9 +82,12 @@ class PatternSpec(NamedTuple):
     requires: tuple[str, ...] | None = None  # a second any-of test of the same kind, ANDed with triggers
     pii: bool = False                  # only with pii=True
     quote: bool = False                # replacement wraps the marker in double quotes (JSON literals)
-    gate: str | None = None            # a cheap necessary condition: regex searched (case-sensitively) in the lower-cased text
-    gate_at_start: bool = False        # the gate matches where the pattern's match starts (so its hits are the only candidates)
-    gate_bucket: str | None = None     # key/value gates only: which value shape follows the separator (see scrub._gate_positions)
+    # a cheap necessary condition: regex searched (case-sensitively) in the lower-cased text
+    gate: str | None = None
+    # the gate matches where the pattern's match starts (so its hits are the only candidates)
+    gate_at_start: bool = False
+    # key/value gates only: which value shape follows the separator (see scrub._gate_positions)
+    gate_bucket: str | None = None
     starts: tuple[str, ...] | None = None  # lower-case words every match starts with: tried only where one occurs
 
 

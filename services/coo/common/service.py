@@ -63,7 +63,7 @@ def add_ops_routes(app: FastAPI, checks: dict[str, ReadinessCheck], service: str
         for name, check in checks.items():
             try:
                 passed, detail = await check()
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - a check that raises is a failed check
                 passed, detail = False, f"{type(exc).__name__}: {exc}"
             results[name] = {"ok": passed, "detail": detail}
             ok = ok and passed
@@ -161,14 +161,14 @@ async def serve_service(name: str, port: int, settings: CommonSettings,
             for hook in ctx.on_stop:
                 try:
                     await hook()
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:  # noqa: BLE001 - one failing hook must not skip the others
                     log.warning("stop hook failed", error=str(exc))
         if bus is not None:
             await bus.close()
         server.should_exit = True
         try:
             await asyncio.wait_for(server_task, timeout=5)
-        except (asyncio.TimeoutError, asyncio.CancelledError):
+        except (TimeoutError, asyncio.CancelledError):
             server_task.cancel()
         log.info("service stopped; flushing telemetry", service=name)
         telemetry.shutdown()
@@ -189,7 +189,7 @@ async def _debug_dump(ctx: ServiceContext) -> None:
     for name, check in ctx.checks.items():
         try:
             ok, detail = await check()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - a check that raises is a failed check
             ok, detail = False, f"{type(exc).__name__}: {exc}"
         checks[name] = {"ok": ok, "detail": detail}
     try:

@@ -462,7 +462,7 @@ def setup_telemetry(service: str, *, span_exporter: SpanExporter | None = None,
     ``span_exporter`` replaces OTLP (tests pass an in-memory exporter) and is processed
     synchronously so spans are visible at once.
     """
-    global _installed
+    global _installed  # noqa: PLW0603 - one telemetry setup per process, by design
     if _installed is not None:
         return _installed
     enabled = not sdk_disabled()

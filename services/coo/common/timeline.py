@@ -55,7 +55,7 @@ async def record(bus: Bus, mission_id: str, type_: str, message: str, *,
     try:
         await bus.publish(topology.timeline_subject(mission_id), event, msg_id=event.event_id,
                           mission_id=mission_id)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - the timeline is best effort: a mission never fails for it
         log.warning("timeline event not recorded", type=type_, error=str(exc) or type(exc).__name__)
 
 

@@ -142,7 +142,8 @@ def consumers() -> dict[str, ConsumerSpec]:
     specs = [
         # LLM calls can be slow: a long ack wait, kept alive by in_progress() heartbeats.
         ConsumerSpec(STREAM_TASKS, _durable("agent-coo", task_subject("coo"), ack_wait=60, backoff=[60, 60, 120, 120])),
-        ConsumerSpec(STREAM_TASKS, _durable("agent-engineer", task_subject("engineer"), ack_wait=60, backoff=[60, 60, 120, 120])),
+        ConsumerSpec(STREAM_TASKS, _durable("agent-engineer", task_subject("engineer"), ack_wait=60,
+                                            backoff=[60, 60, 120, 120])),
         ConsumerSpec(STREAM_TASKS, _durable("agent-qa", task_subject("qa"), ack_wait=60, backoff=[60, 60, 120, 120])),
         ConsumerSpec(STREAM_SANDBOX, _durable("sandbox-runs", SANDBOX_RUNS, ack_wait=60, backoff=[60, 60, 120, 120])),
         ConsumerSpec(STREAM_RESULTS, _durable("orchestrator-agent-results", AGENT_RESULTS, ack_wait=30)),
