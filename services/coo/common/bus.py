@@ -302,7 +302,7 @@ class Bus:
         self._tracing = bus_tracing.BusTracing(tracer_provider)   # None: the global provider
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._micro: list[nats.micro.Service] = []
+        self._micro: list[nats.micro.service.Service] = []
         self._closing = closing or asyncio.Event()   # set by close(): a disconnect then is expected
         self._requests: set[asyncio.Task[None]] = set()
 
@@ -599,7 +599,7 @@ class Bus:
 
     # ------------------------------------------------------------ request / reply
     async def serve(self, name: str, endpoints: Mapping[str, tuple[type[Message], _Endpoint]],
-                    *, version: str = "0.1.0", description: str = "") -> nats.micro.Service:
+                    *, version: str = "0.1.0", description: str = "") -> nats.micro.service.Service:
         """Expose request/reply endpoints with ``nats.micro`` (one queue group: replicas share load).
 
         ``endpoints`` maps a subject to (request type, async handler returning the reply message).
