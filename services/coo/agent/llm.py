@@ -77,7 +77,8 @@ def response_format_for(schema_name: str, schema: dict[str, Any]) -> dict[str, A
 
 # ------------------------------------------------------------------- structured output
 STRUCTURED_MODES = ("json_schema", "json_object", "prompt")
-_NAMES_RESPONSE_FORMAT = re.compile(r"response[_ ]format|json[_ ]schema|json[_ ]object|structured output", re.IGNORECASE)
+_NAMES_RESPONSE_FORMAT = re.compile(r"response[_ ]format|json[_ ]schema|json[_ ]object|structured output",
+                                    re.IGNORECASE)
 _WANTS_COMPLETION_TOKENS = re.compile(r"max_completion_tokens", re.IGNORECASE)
 
 
@@ -276,8 +277,8 @@ class LLMClient:
     def _adapt(self, model: str, mode: str, token_parameter: str, exc: openai.BadRequestError) -> bool:
         """After a 400: switch what the provider refused and say so. False: nothing to switch."""
         text = _error_text(exc)
-        if token_parameter == "max_tokens" and _WANTS_COMPLETION_TOKENS.search(text) \
-                and self.settings.llm_token_parameter == "auto":
+        auto = self.settings.llm_token_parameter == "auto"  # noqa: S105 - a parameter's name, not a password
+        if token_parameter == "max_tokens" and _WANTS_COMPLETION_TOKENS.search(text) and auto:  # noqa: S105 - same
             self.token_parameters[model] = "max_completion_tokens"
             log.warning("the LLM endpoint wants max_completion_tokens for this model; switching",
                         model=model, endpoint=self.settings.llm_base_url)

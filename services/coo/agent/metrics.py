@@ -13,11 +13,11 @@ from coo.common.metrics import LATENCY_BUCKETS
 
 TASK_SECONDS = Histogram("coo_task_duration_seconds", "Agent task duration by role (observed by the agent only)",
                          ["role", "outcome"],
-                         buckets=LATENCY_BUCKETS + (120, 300))
+                         buckets=(*LATENCY_BUCKETS, 120, 300))
 LLM_TOKENS = Counter("coo_llm_tokens_total", "LLM tokens by model and type (input/output)", ["model", "type"])
 LLM_COST = Counter("coo_llm_cost_usd_total", "LLM cost in USD by model", ["model"])
 LLM_SECONDS = Histogram("coo_llm_request_duration_seconds", "LLM call latency by model and outcome",
-                        ["model", "outcome"], buckets=LATENCY_BUCKETS + (120,))
+                        ["model", "outcome"], buckets=(*LATENCY_BUCKETS, 120))
 LLM_ERRORS = Counter("coo_llm_errors_total", "LLM call errors by model and kind", ["model", "kind"])
 # gen_ai.client.token.usage and gen_ai.client.operation.duration under their Prometheus names, next to
 # the coo_llm_* metrics above; labels are the convention's attributes with dots made underscores

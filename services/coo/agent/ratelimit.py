@@ -59,7 +59,8 @@ class RateLimiter:
         started = time.monotonic()
         bucket.waiting += 1
         try:
-            while (delay := bucket.blocked_until - time.monotonic()) > 0:
+            # a deadline (a 429's Retry-After) that a later 429 may push back: no event to wait for
+            while (delay := bucket.blocked_until - time.monotonic()) > 0:  # noqa: ASYNC110 - see above
                 await asyncio.sleep(delay)
             if bucket.requests is not None:
                 await bucket.requests.acquire()

@@ -234,7 +234,8 @@ def extract_json(text: str) -> Any:
     raise first_error
 
 
-def parse_answer(model: type[_Answer], text: str, context: dict[str, Any] | None = None) -> tuple[_Answer | None, str | None]:
+def parse_answer(model: type[_Answer], text: str,
+                 context: dict[str, Any] | None = None) -> tuple[_Answer | None, str | None]:
     """``(answer, None)`` or ``(None, what is wrong)``; JSON in a fence or after prose is tolerated."""
     if not (text or "").strip():
         return None, "the answer was empty"
