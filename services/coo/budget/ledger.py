@@ -269,7 +269,8 @@ class Ledger:
                 cur, crev, where = await self._load(rid)
                 if cur is not None and where == "res" and crev == rev and cur.state == PENDING:
                     await self._purge(res_key(rid), rev)
-                    return replies.refused(rid, "refused (an earlier request with this reservation id was refused)"), eff
+                    why = "refused (an earlier request with this reservation id was refused)"
+                    return replies.refused(rid, why), eff
                 if cur is not None and where == "res" and cur.state in (SETTLING, RELEASING):
                     cur = await self._drive(cur, crev, Effects(), globals_)
                 return await self._reserve_existing(cur) if cur else replies.refused(
@@ -512,7 +513,8 @@ class Ledger:
         now = self.clock()
         globals_ = None
         s = self.settings
-        for key, data, rev in await self.scan("res.>"):
+        for key, data, scanned_rev in await self.scan("res.>"):
+            rev = scanned_rev      # moves on with each write below
             try:
                 rec = Record.decode(data)
             except (ValueError, TypeError) as exc:

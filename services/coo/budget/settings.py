@@ -43,8 +43,8 @@ class BudgetSettings(CommonSettings):
 
     # Housekeeping.
     budget_sweep_interval_seconds: float = Field(2.0, gt=0, description="how often expired reservations are looked for")
-    budget_stuck_seconds: float = Field(10.0, gt=0,
-                                        description="a settle/release left half-done this long is finished by the sweeper")
+    budget_stuck_seconds: float = Field(
+        10.0, gt=0, description="a settle/release left half-done this long is finished by the sweeper")
     budget_gauge_interval_seconds: float = Field(5.0, gt=0, description="how often gauges are refreshed from KV")
     budget_record_retention_seconds: float = Field(
         86400.0, gt=0, description="finished reservation records kept (idempotency of retries; per-message TTL)")
