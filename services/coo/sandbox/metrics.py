@@ -12,6 +12,6 @@ from coo.common.metrics import LATENCY_BUCKETS
 
 SANDBOX_RUNS = Counter("coo_sandbox_runs_total", "Sandbox runs by outcome and backend", ["outcome", "backend"])
 SANDBOX_SECONDS = Histogram("coo_sandbox_run_duration_seconds", "Sandbox run wall time", ["backend"],
-                            buckets=LATENCY_BUCKETS + (120,))
+                            buckets=(*LATENCY_BUCKETS, 120))
 SANDBOX_DUPLICATES = Counter("coo_sandbox_duplicate_requests_total",
                              "Redelivered run requests answered from the stored result")

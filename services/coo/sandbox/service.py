@@ -9,6 +9,7 @@ deadline (the replica died mid-run) is marked failed, at start-up and whenever m
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 from nats.js.errors import InvalidKeyError, KeyNotFoundError, KeyWrongLastSequenceError
@@ -97,9 +98,9 @@ class SandboxService:
         marked = 0
         for entry in await kvscan.latest(self.bus.js, self.kv):
             r = sandbox_pb2.SandboxResult.FromString(entry.value or b"")
-            if r.outcome == sandbox_pb2.SANDBOX_OUTCOME_UNSPECIFIED and self._deadline_passed(r):
-                if await self._mark_crashed(entry.key, r, entry.revision):
-                    marked += 1
+            if (r.outcome == sandbox_pb2.SANDBOX_OUTCOME_UNSPECIFIED and self._deadline_passed(r)
+                    and await self._mark_crashed(entry.key, r, entry.revision)):
+                marked += 1
         if marked:
             log.warning("runs left running by a crash marked failed", runs=marked)
 
@@ -154,7 +155,7 @@ class SandboxService:
         running = self._result(run_msg, spec)
         try:
             revision = await self.kv.create(key, running.SerializeToString())
-        except Exception:  # another replica claimed it between our get and create  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - another replica claimed it between our get and create
             raise Retry("run claimed by another replica", delay=2.0) from None
         with spans.execute_tool(tracer, spans.SANDBOX_TOOL, key, {   # execute_tool sandbox, GenAI v1.41
                 "coo.sandbox.run_id": key, "coo.sandbox.backend": self.backend.name,
@@ -217,10 +218,8 @@ class SandboxService:
         result.finished_at.GetCurrentTime()
         data = result.SerializeToString()
         if revision is None:
-            try:
+            with contextlib.suppress(Exception):  # already stored by a redelivery: keep the first
                 await self.kv.create(key, data)
-            except Exception:  # noqa: BLE001 - already stored by a redelivery: keep the first
-                pass
         else:
             await self.kv.update(key, data, last=revision)
         await self._publish(result)
@@ -231,12 +230,13 @@ async def _heartbeat(delivery: Delivery) -> None:
         await asyncio.sleep(10)
         try:
             await delivery.in_progress()
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - the message is settled or the connection gone: stop beating
             return
 
 
 async def start(ctx: ServiceContext) -> None:
-    assert isinstance(ctx.settings, SandboxSettings)
+    if not isinstance(ctx.settings, SandboxSettings):
+        raise TypeError(f"the sandbox service needs SandboxSettings, got {type(ctx.settings).__name__}")
     svc = SandboxService(ctx.bus, ctx.settings)
     await svc.start()
 

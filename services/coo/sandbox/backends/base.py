@@ -255,7 +255,7 @@ def classify(
 
 
 def finished_outcome(backend: str, *, exit_code: int | None, signal: int | None, deadline_hit: bool,
-                     output_limited: bool, out: "OutputCapture", err: "OutputCapture", duration: float,
+                     output_limited: bool, out: OutputCapture, err: OutputCapture, duration: float,
                      cpu_seconds: int, oom_killed: bool = False) -> RunOutcome:
     """The outcome of a run that ended (by itself or killed by us), the same for every backend."""
     outcome = classify(exit_code=exit_code, signal=signal, deadline_hit=deadline_hit,

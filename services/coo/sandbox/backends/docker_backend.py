@@ -35,8 +35,8 @@ from .base import (
     OutputCapture,
     RunOutcome,
     RunSpec,
-    finished_outcome,
     error_outcome,
+    finished_outcome,
     validate_spec,
 )
 
@@ -148,18 +148,18 @@ class DockerBackend:
     def available(self) -> tuple[bool, str]:
         """An engine answers a ping within 2 s and has the sandbox image."""
         try:
-            import docker  # noqa: F401
+            import docker  # noqa: F401 - only whether the package is there
         except ImportError:
             return False, "the docker Python package is not installed"
         client = None
         try:
             client = self._client(PING_TIMEOUT_SECONDS)
             client.ping()
-        except Exception as exc:  # DockerException, requests errors, socket errors
+        except Exception as exc:  # noqa: BLE001 - DockerException, requests errors, socket errors: all "no engine"
             return False, f"no Docker engine answers: {exc}"
         try:
             client.images.get(self.image)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - ImageNotFound or an engine error: reported, not raised
             return False, (
                 f"Docker engine answers but image {self.image!r} is missing ({exc}); "
                 f"build it with: docker build -t {self.image} sandbox/"
@@ -177,7 +177,7 @@ class DockerBackend:
         try:
             # Attach streams read with the client timeout: keep it above the deadline.
             client = await asyncio.to_thread(self._client, spec.timeout_seconds + 60)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure to reach the engine is the run's error outcome
             return error_outcome(NAME, f"no Docker engine answers: {_cause(exc)}")
         container = None
         started = time.monotonic()
@@ -196,7 +196,7 @@ class DockerBackend:
                 )
                 started = time.monotonic()
                 await asyncio.to_thread(container.start)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - the engine's refusal is the run's error outcome
                 # the engine's own words (e.g. "unable to find user sandbox: no matching entries
                 # in passwd file"): they travel to the result, the mission, the log line and the span
                 return error_outcome(
@@ -223,8 +223,8 @@ class DockerBackend:
                     if chunk_err and err.feed(chunk_err):
                         over.set()
                         return
-            except Exception:
-                return  # the stream ends with an error when the container is killed
+            except Exception:  # noqa: BLE001 - the stream ends with an error when the container is killed
+                return
             finally:
                 with contextlib.suppress(Exception):
                     stream.close()
@@ -242,7 +242,7 @@ class DockerBackend:
             if remaining <= 0:
                 deadline_hit = True
                 break
-            done, pending = await asyncio.wait(
+            _done, pending = await asyncio.wait(
                 pending, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
             )
             if over.is_set():
