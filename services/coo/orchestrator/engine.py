@@ -532,7 +532,8 @@ class Engine:
         if work is None:
             return
         subject, message = work
-        assert isinstance(message, Message)
+        if not isinstance(message, Message):
+            raise TypeError(f"next work of {m.mission_id} is not a protobuf message: {type(message).__name__}")
         await self.bus.publish(subject, message, msg_id=m.awaiting, mission_id=m.mission_id)
 
     # ------------------------------------------------------------ admission blocks
@@ -595,7 +596,7 @@ class Engine:
                 await self.housekeeping_once()
             except asyncio.CancelledError:
                 return
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - a background loop never dies of one error
                 log.warning("housekeeping failed", error=str(exc) or type(exc).__name__)
 
     async def housekeeping_once(self) -> None:
@@ -623,7 +624,7 @@ class Engine:
                 await self.retention_once()
             except asyncio.CancelledError:
                 return
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - a background loop never dies of one error
                 log.warning("mission retention failed", error=str(exc) or type(exc).__name__)
 
     async def retention_once(self, batch: int = 500) -> int:

@@ -319,7 +319,8 @@ def on_sandbox_result(m: mission_pb2.Mission, r: sandbox_pb2.SandboxResult, poli
     m.last_sandbox_result.CopyFrom(r)
     outcome = evidence.outcome_name(r.outcome)
     cause = f": {r.error}" if r.error else ""
-    step.event("sandbox.executed", f"{outcome}, exit code {r.exit_code}, {r.duration_seconds:.2f}s ({r.backend}){cause}",
+    step.event("sandbox.executed",
+               f"{outcome}, exit code {r.exit_code}, {r.duration_seconds:.2f}s ({r.backend}){cause}",
                level="info" if outcome == "ok" else "warning", run_id=r.run_id, outcome=outcome,
                exit_code=r.exit_code, duration_seconds=f"{r.duration_seconds:.3f}", error=r.error[:500])
     _set_status(m, S.MISSION_STATUS_REVIEWING, step)
@@ -402,7 +403,8 @@ def check_control(m: mission_pb2.Mission, action: int) -> None:
         raise ControlRejected(f"mission {m.mission_id} is not awaiting approval (it is {name})")
 
 
-def on_control(m: mission_pb2.Mission, action: int, by: str, reason: str, policy: Policy) -> tuple[Step | None, bytes, str]:
+def on_control(m: mission_pb2.Mission, action: int, by: str, reason: str,
+               policy: Policy) -> tuple[Step | None, bytes, str]:
     """Apply a control action. Returns (step, parked result bytes, parked type) — a parked result
     must be applied by the engine right after a resume."""
     from coo.v1 import control_pb2 as C
@@ -481,7 +483,8 @@ def next_work(m: mission_pb2.Mission, sandbox: SandboxDefaults) -> tuple[str, ob
         return topology.task_subject("engineer"), msg
     if kind == KIND_SANDBOX:
         return topology.SANDBOX_RUNS, sandbox_pb2.SandboxRun(
-            run_id=m.awaiting, mission_id=m.mission_id, task_id=task.task_id, files=m.artifacts,  # the whole candidate workspace
+            # files: the whole candidate workspace
+            run_id=m.awaiting, mission_id=m.mission_id, task_id=task.task_id, files=m.artifacts,
             command=m.artifact_command, created_at=created,
             limits=sandbox_pb2.SandboxLimits(timeout_seconds=sandbox.timeout_seconds, memory_mb=sandbox.memory_mb,
                                              cpu_seconds=sandbox.cpu_seconds,
