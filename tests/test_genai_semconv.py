@@ -117,7 +117,18 @@ def _families() -> dict:
     return {family.name: family for family in REGISTRY.collect()}
 
 
-def _check_metric(name: str, errors_seen: bool) -> None:
+def _errors(name: str) -> float:
+    """Observations of ``name`` with its error label set, so far in this process (the registry is
+    the process's: earlier tests' failed calls are in it too)."""
+    rule = METRICS[name]
+    family = _families().get(rule["prometheus"])
+    keys = [k.replace(".", "_") for k in rule["if_error"]]
+    return sum(s.value for s in (family.samples if family else []) if s.name.endswith("_count")
+               and any(s.labels.get(k) for k in keys))
+
+
+def _check_metric(name: str, errors_before: float) -> None:
+    """Every observation carries the convention's attributes; this test's calls added no error."""
     rule = METRICS[name]
     family = _families()[rule["prometheus"]]
     assert family.type == rule["instrument"]
@@ -126,7 +137,6 @@ def _check_metric(name: str, errors_seen: bool) -> None:
     assert buckets == [float(b) for b in rule["buckets"]]
     counts = [s for s in family.samples if s.name.endswith("_count") and s.value > 0]
     assert counts, f"nothing observed in {rule['prometheus']}"
-    errors = 0
     for sample in counts:
         labels = sample.labels
         wanted = rule["required"] | rule["when_available"]
@@ -136,13 +146,13 @@ def _check_metric(name: str, errors_seen: bool) -> None:
             assert labels[key.replace(".", "_")] in allowed
         for key in rule["if_error"]:      # the label exists; empty (absent in Prometheus) when the call succeeded
             assert key.replace(".", "_") in labels
-            errors += bool(labels[key.replace(".", "_")])
-    assert errors_seen or not errors
+    assert _errors(name) == errors_before
 
 
 async def test_agent_spans_and_llm_metrics_follow_the_conventions(env, mock_llm, spans):
     bus, budget, results, nats_url = env
     budget.refuse["m-poor"] = "mission budget exhausted"
+    errors_before = {name: _errors(name) for name in METRICS}
     async with running_agent(nats_url, mock_llm):
         await publish(bus, make_task(common_pb2.ROLE_COO, "t-sc-ok", mission_id="m-sc"))
         await publish(bus, make_task(common_pb2.ROLE_COO, "t-sc-poor", mission_id="m-poor"))
@@ -178,8 +188,8 @@ async def test_agent_spans_and_llm_metrics_follow_the_conventions(env, mock_llm,
             group = attrs.get("messaging.consumer.group.name", "")
             assert group.startswith(("agent-", "sandbox-", "orchestrator-")) or group == "q", (span.name, group)
 
-    _check_metric("gen_ai.client.token.usage", errors_seen=False)
-    _check_metric("gen_ai.client.operation.duration", errors_seen=False)
+    _check_metric("gen_ai.client.token.usage", errors_before["gen_ai.client.token.usage"])
+    _check_metric("gen_ai.client.operation.duration", errors_before["gen_ai.client.operation.duration"])
     usage = {(s.labels["gen_ai_token_type"], s.labels["gen_ai_request_model"]): s.value
              for s in _families()["gen_ai_client_token_usage"].samples if s.name.endswith("_sum")}
     assert usage[("input", "mock-large")] >= ok.usage.input_tokens
