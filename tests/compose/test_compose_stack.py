@@ -53,7 +53,8 @@ def test_the_services_image_carries_no_test_or_dev_tools(stack: ComposeStack):
     """Runtime dependencies only (pyproject's dev extra is not installed in services/Dockerfile)."""
     probe = ("import importlib.util, json; print(json.dumps([m for m in ('pytest', 'hypothesis', 'ruff', 'mypy', "
              "'grpc_tools', 'playwright') if importlib.util.find_spec(m)]))")
-    res = stack.engine.docker("run", "--rm", "--entrypoint", "python", "coo-services:latest", "-c", probe, timeout=120)
+    res = stack.engine.docker("run", "--rm", "--network", "none", "--entrypoint", "python", "coo-services:latest",
+                              "-c", probe, timeout=120)
     assert json.loads(res.stdout.strip().splitlines()[-1]) == []
 
 
