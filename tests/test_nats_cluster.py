@@ -142,6 +142,8 @@ def test_each_service_declares_its_part_with_three_replicas(cluster_from_compone
                     assert time.monotonic() < deadline, (name, info.cluster)
                     await asyncio.sleep(0.2)
                     info = await js.stream_info(name)
+            for bucket in topology.buckets():   # reads through the leader only: a follower may be behind
+                assert not (await js.stream_info(topology.bucket_stream(bucket.bucket))).config.allow_direct
             for spec in topology.consumers().values():
                 info = await js.consumer_info(spec.stream, spec.name)
                 assert info.cluster is not None and len(info.cluster.replicas or []) == 2, spec.name

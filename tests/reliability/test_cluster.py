@@ -40,7 +40,8 @@ MISSIONS_STREAM = topology.bucket_stream(topology.BUCKET_MISSIONS)
 
 
 def _submit(stack: ServiceStack, rng: random.Random, n: int) -> list[str]:
-    goals = [rng.choice(helpers.GOALS) + f" [mock:slow={rng.uniform(0.3, 1.0):.2f}]" for _ in range(n)]
+    # LLM calls of 1-2 s, as a real provider's: missions are still in flight at the second fault
+    goals = [rng.choice(helpers.GOALS) + f" [mock:slow={rng.uniform(1.0, 2.0):.2f}]" for _ in range(n)]
     with ThreadPoolExecutor(8) as pool:
         return [m["mission_id"] for m in pool.map(stack.submit, goals)]
 
@@ -64,12 +65,18 @@ def _new_leader(cluster: NatsCluster, stream: str | None, old: str) -> str | Non
     return leader if leader and leader != old else None
 
 
+def _in_flight(watcher: ProgressWatcher) -> int:
+    """Missions live at the watcher's last look."""
+    return len(watcher.snapshots[-1][1]) if watcher.snapshots else 0
+
+
 def _kill_and_restart(cluster: NatsCluster, stack: ServiceStack, watcher: ProgressWatcher, what: str,
                       stream: str | None) -> dict:
     """SIGKILL the leader of ``stream`` (None: of the meta group); time the new election and the
     next mission update; restart the node (same ports, data dir kept) and time it to current."""
     victim_name = cluster.meta_leader() if stream is None else cluster.stream_leader(stream)
     victim: NatsServer = cluster.node(victim_name)
+    in_flight = _in_flight(watcher)
     t_kill = time.time()
     victim.kill()
     elected, leader = _wait(lambda: _new_leader(cluster, stream, victim_name), 30)
@@ -78,13 +85,14 @@ def _kill_and_restart(cluster: NatsCluster, stack: ServiceStack, watcher: Progre
     t_restart = time.time()
     victim.start(wait=False)
     victim.wait_ready(60, current=True)
-    return {"what": what, "victim": victim_name, "leader": leader, "elected": elected,
+    return {"what": what, "victim": victim_name, "leader": leader, "elected": elected, "in_flight": in_flight,
             "progress": progress - t_kill if progress else None, "current": time.time() - t_restart}
 
 
 def _pause(cluster: NatsCluster, watcher: ProgressWatcher, seconds: float) -> dict:
     victim_name = cluster.stream_leader(MISSIONS_STREAM)
     victim = cluster.node(victim_name)
+    in_flight = _in_flight(watcher)
     t_stop = time.time()
     victim.pause()
     try:
@@ -97,7 +105,8 @@ def _pause(cluster: NatsCluster, watcher: ProgressWatcher, seconds: float) -> di
     progress = watcher.first_after(t_stop)
     victim.wait_ready(60, current=True)
     return {"what": f"SIGSTOP for {seconds:.0f}s", "victim": victim_name, "leader": leader, "elected": elected,
-            "progress": progress - t_stop if progress else None, "current": time.time() - t_cont}
+            "in_flight": in_flight, "progress": progress - t_stop if progress else None,
+            "current": time.time() - t_cont}
 
 
 def _traces_per_mission(stack: ServiceStack, ids: list[str]) -> dict[str, set[str]]:
@@ -149,7 +158,8 @@ def _check_round(name: str, stack: ServiceStack, cluster: NatsCluster, ids: list
         figures.add("cluster", f"{name}: {f['what']} ({f['victim']})",
                     f"leader in {fmt(f['elected'], 's', 1)}, progress {fmt(f['progress'], 's', 1)}, "
                     f"current {fmt(f['current'], 's', 1)}",
-                    note=f"new leader {f['leader'] or 'none (kept its leader)'}; progress = the next mission "
+                    note=f"{f['in_flight']} missions in flight at the fault; new leader "
+                         f"{f['leader'] or 'none (kept its leader)'}; progress = the next mission "
                          "update after the fault (SIGKILL or SIGSTOP); current = the node back in step after its "
                          "restart or SIGCONT")
     if lost:

@@ -93,7 +93,8 @@ async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
 
 
 async def ensure_bucket(js: JetStreamContext, config: KeyValueConfig) -> None:
-    """Create the bucket; one that exists keeps its settings, its replica count follows ``config``."""
+    """Create the bucket; one that exists keeps its settings, but its replica count and whether it
+    allows direct gets (only unreplicated, see ``topology.buckets``) follow ``config``."""
     try:
         await js.create_key_value(config=config)
         return
@@ -102,7 +103,8 @@ async def ensure_bucket(js: JetStreamContext, config: KeyValueConfig) -> None:
     stream = T.bucket_stream(config.bucket)
     info = await js.stream_info(stream)
     want = config.replicas or 1
-    if (info.config.num_replicas or 1) != want:
+    direct = bool(config.direct)
+    if (info.config.num_replicas or 1) != want or bool(info.config.allow_direct) != direct:
         log.info("scaling a bucket to the configured replicas", bucket=config.bucket,
-                 replicas_before=info.config.num_replicas or 1, replicas=want)
-        await js.update_stream(config=info.config.evolve(num_replicas=want))
+                 replicas_before=info.config.num_replicas or 1, replicas=want, direct_get=direct)
+        await js.update_stream(config=info.config.evolve(num_replicas=want, allow_direct=direct))

@@ -154,17 +154,24 @@ def consumers() -> dict[str, ConsumerSpec]:
 
 
 def buckets(settings: CommonSettings | None = None) -> list[KeyValueConfig]:
-    """Every bucket allows direct get (as the Go client's KV does by default): a read is one
-    request to the server, not a JetStream API call (measured: ~1.4x the reads/s with 16 callers).
-    Writes stay compare-and-set, so a stale read can only cost a retry."""
+    """The KV buckets, with ``COO_NATS_REPLICAS`` copies.
+
+    On one server every bucket allows direct get (as the Go client's KV does by default): a read is
+    one request to the server, not a JetStream API call (measured: ~1.4x the reads/s with 16
+    callers). Replicated, it does not: a direct get may be answered by any replica, and a follower
+    that is behind (one back from a pause, catching up) answers with an older value. A compare-and-set
+    write would only be retried, but a handler that reads a stale mission can take a fresh result for
+    a duplicate and drop it (the cluster's node-loss test lost missions that way); reads through the
+    stream's leader are current."""
     replicas = settings.nats_replicas if settings is not None else 1
+    direct = replicas == 1
     return [
         KeyValueConfig(bucket=BUCKET_MISSIONS, description="mission state", history=5, storage=StorageType.FILE,
-                       direct=True, replicas=replicas),
+                       direct=direct, replicas=replicas),
         KeyValueConfig(bucket=BUCKET_BUDGET, description="budget ledgers and reservations", history=1,
-                       storage=StorageType.FILE, direct=True, replicas=replicas),
+                       storage=StorageType.FILE, direct=direct, replicas=replicas),
         KeyValueConfig(bucket=BUCKET_SANDBOX_RUNS, description="sandbox runs by run id", history=1,
-                       storage=StorageType.FILE, ttl=30 * 86400, direct=True, replicas=replicas),
+                       storage=StorageType.FILE, ttl=30 * 86400, direct=direct, replicas=replicas),
     ]
 
 
