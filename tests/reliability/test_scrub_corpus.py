@@ -52,6 +52,11 @@ def test_corpus_figures(stack, figures):  # noqa: F811 - the fixture imported ab
                      + ", ".join(sorted({r.shape for r in corpus.SECRETS})))
     ok = True
 
+    # The speed is information here, not a check: the goal (>= 5x the naive loop) is held by
+    # `make bench` (bench/scrub.py), where each figure is a ratio against a baseline of the same run;
+    # a timed assertion in a test only measures how busy the machine is. Both warmed up first (the
+    # pattern table compiles on first use).
+    scrub_text(RECORDS[0].text), naive_scrub_text(RECORDS[0].text)
     started = time.perf_counter()
     fast = [scrub_text(r.text) for r in RECORDS]
     fast_s = time.perf_counter() - started
@@ -59,10 +64,10 @@ def test_corpus_figures(stack, figures):  # noqa: F811 - the fixture imported ab
     naive = [naive_scrub_text(r.text) for r in RECORDS]
     naive_s = time.perf_counter() - started
     ratio = naive_s / fast_s
-    figures.add("scrubbing", "scrub_text speed on the corpus", f"{ratio:.1f} x naive loop", target=">= 5 x",
-                ok=ratio >= 5, note=f"{fast_s * 1000:.0f} ms against {naive_s * 1000:.0f} ms; identical outputs: "
-                                    f"{sum(a == b for a, b in zip(fast, naive))}/{len(RECORDS)}")
-    ok &= ratio >= 5
+    figures.add("scrubbing", "scrub_text speed on the corpus", f"{ratio:.1f} x naive loop",
+                note=f"information (the >= 5x goal is make bench's); {fast_s * 1000:.0f} ms against "
+                     f"{naive_s * 1000:.0f} ms; identical outputs: {sum(a == b for a, b in zip(fast, naive))}"
+                     f"/{len(RECORDS)}")
     ok &= _row(figures, "scrub_text", fast)
     ok &= _row(figures, "structlog processor", [structlog_processor(None, "info", {"event": r.text})["event"]
                                                 for r in RECORDS])
