@@ -386,7 +386,7 @@ async def test_twenty_concurrent_reservations_on_two_replicas_never_pass_the_lim
     m = scope(st, MISSION)
     assert m.reserved_usd == pytest.approx(0.7) and m.reservations == 7
     assert scope(st, DAILY).reserved_usd == pytest.approx(0.7)                 # refusals fully rolled back
-    served = [sum(e.num_requests for e in svc.bus._micro[0].stats().endpoints if e.subject == SUBJECT_RESERVE)
+    served = [sum(e.num_requests for e in svc.bus.micro_services[0].stats().endpoints if e.subject == SUBJECT_RESERVE)
               for svc in replicas]
     assert all(n > 0 for n in served), served                                 # both replicas took part
 
@@ -506,8 +506,8 @@ async def test_many_concurrent_reservations_on_two_replicas_give_exactly_the_all
     assert round(day.spent_usd * 1e9) == 3_000_000_000 and day.reserved_usd == 0 and day.reservations == 0
     spent = sum([round(scope(await budget.status(m), MISSION).spent_usd * 1e9) for m in missions])
     assert spent == 3_000_000_000                                           # overspend exactly 0
-    assert all(sum(e.num_requests for e in svc.bus._micro[0].stats().endpoints if e.subject == SUBJECT_RESERVE) > 0
-               for svc in replicas)
+    assert all(sum(e.num_requests for e in svc.bus.micro_services[0].stats().endpoints
+                   if e.subject == SUBJECT_RESERVE) > 0 for svc in replicas)
 
 
 async def test_group_commit_coalesces_steps_and_stays_exact_across_two_replicas(two_ledgers):

@@ -362,6 +362,11 @@ class Bus:
             except Exception:  # noqa: BLE001 - a drain that fails still ends in a closed connection
                 await self.nc.close()
 
+    @property
+    def micro_services(self) -> tuple[nats.micro.service.Service, ...]:
+        """The request/reply services this connection serves (``serve``), e.g. for their stats."""
+        return tuple(self._micro)
+
     async def debug_state(self) -> dict[str, Any]:
         """What this connection holds, for the debug dump at start: the server, the durable
         consumers it pulls (with what is pending on them) and the request/reply services it serves."""
